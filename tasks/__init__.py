@@ -1,0 +1,1 @@
+"""tfopt: optimise a trained TensorFlow model for inference and publish it."""

@@ -1,0 +1,199 @@
+"""Run configuration: frozen dataclasses shared by the CLI, the DAG params and every stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.errors import UserInputError
+
+BACKENDS = ("tf", "tflite", "tftrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+BASELINE = "tf:fp32"
+KNOWN_VARIANTS = (
+    "tf:fp32",
+    "tflite:fp32",
+    "tflite:fp16",
+    "tflite:int8",
+    "tftrt:fp32",
+    "tftrt:fp16",
+    "tftrt:int8",
+)
+DEFAULT_VARIANTS = KNOWN_VARIANTS
+OBJECTIVES = ("latency", "throughput")
+REQUIRED_PARAMS = ("model_uri", "eval_data_uri", "calibration_data_uri", "registered_model_name")
+OPTIONAL_PARAMS = (
+    "variants",
+    "accuracy_tolerance",
+    "latency_slo_ms",
+    "batch_sizes",
+    "objective",
+    "num_threads",
+)
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True, order=True)
+class VariantSpec:
+    """One candidate: a runtime (`backend`) at a numeric `precision`, e.g. `tflite:int8`."""
+
+    backend: str
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.precision}"
+
+    @property
+    def slug(self) -> str:
+        """The name as it appears in S3 keys and MLflow run names (`tflite-int8`)."""
+        return f"{self.backend}-{self.precision}"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name == BASELINE
+
+    @classmethod
+    def parse(cls, text: str) -> VariantSpec:
+        name = text.strip().lower()
+        if name not in KNOWN_VARIANTS:
+            raise UserInputError(
+                f"unknown variant {text!r}; choose from {', '.join(KNOWN_VARIANTS)}"
+            )
+        backend, precision = name.split(":")
+        return cls(backend, precision)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class AccuracyGate:
+    """Max drop of the task metric vs the baseline (absolute; top-1 is a fraction in [0, 1])."""
+
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.tolerance <= 1.0):
+            raise UserInputError(
+                f"accuracy_tolerance must be between 0 and 1 (an absolute drop of top-1, "
+                f"0.01 = one point), got {self.tolerance}"
+            )
+
+
+@dataclass(frozen=True)
+class LatencySLO:
+    """Optional budget on p99 latency at batch 1, in milliseconds."""
+
+    p99_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.p99_ms is not None and not self.p99_ms > 0:
+            raise UserInputError(f"latency_slo_ms must be > 0 when set, got {self.p99_ms}")
+
+
+def _parse_variants(value: Any) -> tuple[VariantSpec, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    specs = [VariantSpec.parse(str(item)) for item in items if str(item).strip()]
+    if not specs:
+        raise UserInputError("variants is empty; name at least one, e.g. tflite:int8")
+    baseline = VariantSpec.parse(BASELINE)
+    unique = sorted(set(specs) | {baseline}, key=lambda s: KNOWN_VARIANTS.index(s.name))
+    return tuple(unique)
+
+
+def _parse_batch_sizes(value: Any) -> tuple[int, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        sizes = tuple(sorted({int(str(item).strip()) for item in items if str(item).strip()}))
+    except ValueError as exc:
+        raise UserInputError(f"batch_sizes must be integers like 1,8; got {value!r}") from exc
+    if not sizes or any(size < 1 or size > 1024 for size in sizes):
+        raise UserInputError(f"batch_sizes must be integers in 1..1024; got {value!r}")
+    if 1 not in sizes:
+        sizes = (1, *sizes)
+    return sizes
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one optimisation run needs; CLI flags and DAG params use the same names."""
+
+    model_uri: str
+    eval_data_uri: str
+    calibration_data_uri: str
+    registered_model_name: str
+    variants: tuple[VariantSpec, ...] = field(
+        default_factory=lambda: _parse_variants(DEFAULT_VARIANTS)
+    )
+    accuracy_gate: AccuracyGate = field(default_factory=AccuracyGate)
+    latency_slo: LatencySLO = field(default_factory=LatencySLO)
+    batch_sizes: tuple[int, ...] = (1, 8)
+    objective: str = "latency"
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("model_uri", "eval_data_uri", "calibration_data_uri"):
+            if not str(getattr(self, name)).strip():
+                raise UserInputError(f"{name} is required")
+        if not _MODEL_NAME.match(self.registered_model_name or ""):
+            raise UserInputError(
+                "registered_model_name must be 1-100 characters of letters, digits, '_', '.', '-' "
+                f"starting with a letter or digit; got {self.registered_model_name!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise UserInputError(
+                f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}"
+            )
+        if self.num_threads < 1:
+            raise UserInputError(f"num_threads must be >= 1; got {self.num_threads}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PipelineConfig:
+        """Build from flat CLI flags / DAG params (`accuracy_tolerance`, `latency_slo_ms`, ...)."""
+        known = set(REQUIRED_PARAMS) | set(OPTIONAL_PARAMS)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise UserInputError(f"unknown parameter(s): {', '.join(unknown)}")
+        missing = [name for name in REQUIRED_PARAMS if params.get(name) in (None, "")]
+        if missing:
+            raise UserInputError(f"missing required parameter(s): {', '.join(missing)}")
+        slo = params.get("latency_slo_ms")
+        try:
+            tolerance = float(params.get("accuracy_tolerance", AccuracyGate.tolerance))
+            slo_ms = float(slo) if slo not in (None, "", 0) else None
+            threads = int(params.get("num_threads", 2))
+        except (TypeError, ValueError) as exc:
+            raise UserInputError(f"a numeric parameter is not a number: {exc}") from exc
+        return cls(
+            model_uri=str(params["model_uri"]),
+            eval_data_uri=str(params["eval_data_uri"]),
+            calibration_data_uri=str(params["calibration_data_uri"]),
+            registered_model_name=str(params["registered_model_name"]),
+            variants=_parse_variants(params.get("variants") or DEFAULT_VARIANTS),
+            accuracy_gate=AccuracyGate(tolerance),
+            latency_slo=LatencySLO(slo_ms),
+            batch_sizes=_parse_batch_sizes(params.get("batch_sizes") or (1, 8)),
+            objective=str(params.get("objective") or "latency"),
+            num_threads=threads,
+        )
+
+    def to_params(self) -> dict[str, Any]:
+        """The flat, JSON-safe form (inverse of `from_params`)."""
+        return {
+            "model_uri": self.model_uri,
+            "eval_data_uri": self.eval_data_uri,
+            "calibration_data_uri": self.calibration_data_uri,
+            "registered_model_name": self.registered_model_name,
+            "variants": [spec.name for spec in self.variants],
+            "accuracy_tolerance": self.accuracy_gate.tolerance,
+            "latency_slo_ms": self.latency_slo.p99_ms,
+            "batch_sizes": list(self.batch_sizes),
+            "objective": self.objective,
+            "num_threads": self.num_threads,
+        }
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        return dataclasses.replace(self, **changes)
