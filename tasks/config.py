@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tasks.errors import UserInputError
@@ -197,3 +198,39 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where one pipeline run keeps its artifacts: `<root_uri>/<model>/<run_id>/...` in S3.
+
+    `work_dir` is this worker's local scratch space for the run.
+    """
+
+    run_id: str
+    root_uri: str
+    work_dir: str
+
+    @classmethod
+    def create(cls, run_id: str, registered_model_name: str) -> RunContext:
+        import os
+        import tempfile
+
+        safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
+        base = os.environ.get("TFOPT_RUN_ROOT") or (
+            f"s3://{os.environ.get('TFOPT_BUCKET', 'tfopt')}/runs"
+        )
+        work = os.environ.get("TFOPT_WORK_DIR") or os.path.join(tempfile.gettempdir(), "tfopt")
+        return cls(
+            run_id=safe_id,
+            root_uri=f"{base.rstrip('/')}/{registered_model_name}/{safe_id}",
+            work_dir=os.path.join(work, registered_model_name, safe_id),
+        )
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.root_uri, *parts])
+
+    def local(self, *parts: str) -> Path:
+        path = Path(self.work_dir, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path

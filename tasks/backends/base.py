@@ -9,11 +9,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tasks.errors import TfoptError, UserInputError
 from tasks.signature import Signature
 
 Feeds = dict[str, np.ndarray]
 CalibrationData = Callable[[], Iterable[Feeds]]
 """Calling it yields calibration batches `{input_name: ndarray}` (batch 1 each), afresh per call."""
+
+
+class BackendUnavailableError(TfoptError):
+    """The backend cannot run on this worker; the variant is SKIPPED with `reason`, not FAILED."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,48 @@ class Runner(Protocol):
 
 
 class Backend(Protocol):
+    """A runtime: `available()` says whether it runs here, `convert()` builds, `load()` runs."""
+
     name: str
     precisions: tuple[str, ...]
 
     def available(self) -> str | None:
         """None when this worker can run the backend, else the reason it cannot."""
 
-    def convert(self, request: ConversionRequest) -> Conversion: ...
+    def convert(self, request: ConversionRequest) -> Conversion:
+        """Builds the variant in `request.output_dir`.
 
-    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> Runner: ...
+        Raises:
+            BackendUnavailableError: this worker cannot build it (the variant is SKIPPED).
+            UserInputError: the precision, model or calibration data does not fit.
+        """
+
+    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> Runner:
+        """Loads a converted variant; the runner returns the signature's output names."""
+
+
+def check_precision(backend: str, precisions: tuple[str, ...], precision: str) -> None:
+    """Raises UserInputError when `backend` does not build `precision`."""
+    if precision not in precisions:
+        raise UserInputError(
+            f"backend {backend!r} has no precision {precision!r}; choose from {', '.join(precisions)}"
+        )
+
+
+def check_feeds(input_names: tuple[str, ...], feeds: Feeds) -> int:
+    """Checks that `feeds` holds every input with one common batch size, and returns that size.
+
+    Raises:
+        UserInputError: an input is missing or unknown, or the batch sizes differ.
+    """
+    missing = [name for name in input_names if name not in feeds]
+    unknown = sorted(set(feeds) - set(input_names))
+    if missing or unknown:
+        raise UserInputError(
+            f"feeds must hold exactly the inputs {list(input_names)}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    batches = {int(np.shape(feeds[name])[0]) for name in input_names}
+    if len(batches) != 1:
+        raise UserInputError(f"all inputs must share one batch size; got {sorted(batches)}")
+    return batches.pop()

@@ -1,0 +1,172 @@
+"""`tfopt` command line: `optimize` runs the whole chain without Airflow; `demo-data` makes a demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from tasks.config import DEFAULT_VARIANTS, OBJECTIVES
+from tasks.errors import TfoptError, UserInputError
+
+logger = logging.getLogger("tfopt")
+
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+def _optimize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="optimise a model: export, convert, validate, benchmark, select, register",
+        description="Run the whole tfopt chain in this process against S3 and MLflow.",
+    )
+    p.add_argument("--model-uri", required=True, help="S3 or local URI of a .keras or SavedModel")
+    p.add_argument("--eval-data-uri", required=True, help="folder of .npz shards with labels")
+    p.add_argument("--calibration-data-uri", required=True, help="folder of .npz shards")
+    p.add_argument("--registered-model-name", required=True, help="MLflow registered model")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated backend:precision list (default: all; tf:fp32 is always added)",
+    )
+    p.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=0.01,
+        help="max top-1 drop vs the baseline, absolute (0.01 = 1 point; default 0.01)",
+    )
+    p.add_argument("--latency-slo-ms", type=float, default=None, help="p99 budget at batch 1")
+    p.add_argument("--batch-sizes", default="1,8", help="batch sizes to benchmark (default 1,8)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="latency")
+    p.add_argument("--num-threads", type=int, default=2, help="CPU threads per runtime")
+    p.add_argument("--run-id", default=None, help="reuse a run id (a retry resumes that run)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo-data",
+        help="train the demo model and publish it with eval + calibration shards",
+        description="Generate the procedural shapes data set, train the demo model, publish.",
+    )
+    p.add_argument(
+        "--output-uri",
+        default=None,
+        help="where to publish (default s3://$TFOPT_BUCKET/demo)",
+    )
+    p.add_argument("--tiny", action="store_true", help="a tiny, fast model (for tests)")
+    p.add_argument("--seed", type=int, default=0, help="data and training seed")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfopt", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _optimize_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def _progress(step: int, total: int, label: str, result: Any, seconds: float) -> None:
+    if result is None:
+        print(f"[{step:>2}/{total}] {label} ...", file=sys.stderr, flush=True)
+        return
+    status = f"{result.status.value}" if result is not None else "done"
+    reason = f" - {result.reason}" if getattr(result, "reason", "") else ""
+    print(f"[{step:>2}/{total}] {label}: {status} ({seconds:.1f} s){reason}", file=sys.stderr,
+          flush=True)
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    from tasks.report import render_markdown
+
+    registration = results["registration"]
+    reg = {**registration["metrics"], **registration["uris"]}
+    print(render_markdown(results["rows"], results["selection"]["chosen"], {
+        "model": results["config"]["registered_model_name"],
+        "run_id": results["run_id"],
+        "objective": results["config"]["objective"],
+        "accuracy_tolerance": results["config"]["accuracy_tolerance"],
+        "latency_slo_ms": results["config"]["latency_slo_ms"],
+        "selection_reason": results["selection"]["reason"],
+    }))
+    print()
+    print(f"chosen:     {results['selection']['chosen']} — {results['selection']['reason']}")
+    print(f"registered: {reg['registered_model_name']} version {reg['model_version']} "
+          f"({'champion' if reg['champion'] else 'challenger'}: {reg['champion_reason']})")
+    print(f"load it:    mlflow.pyfunc.load_model('models:/{reg['registered_model_name']}@champion')")
+    print(f"MLflow:     {reg['mlflow_run_url']}")
+    print(f"            {reg['model_version_url']}")
+    print(f"S3:         {results['root_uri']}/")
+    print(f"report:     {results['report']['uris'].get('report_uri')}/report.html")
+    print(f"wall time:  {results['wall_s']:.1f} s")
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from tasks.config import PipelineConfig
+    from tasks.pipeline import optimize
+
+    config = PipelineConfig.from_params({
+        "model_uri": args.model_uri,
+        "eval_data_uri": args.eval_data_uri,
+        "calibration_data_uri": args.calibration_data_uri,
+        "registered_model_name": args.registered_model_name,
+        "variants": args.variants,
+        "accuracy_tolerance": args.accuracy_tolerance,
+        "latency_slo_ms": args.latency_slo_ms,
+        "batch_sizes": args.batch_sizes,
+        "objective": args.objective,
+        "num_threads": args.num_threads,
+    })
+    results = optimize(config, run_id=args.run_id, progress=_progress)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        _print_summary(results)
+    return 0
+
+
+def _run_demo_data(args: argparse.Namespace) -> int:
+    from tasks.demo.publish import publish_demo
+
+    bucket = os.environ.get("TFOPT_BUCKET", "tfopt")
+    result = publish_demo(args.output_uri or f"s3://{bucket}/demo", tiny=args.tiny, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    for key in ("model_uri", "eval_data_uri", "calibration_data_uri"):
+        print(f"{key}: {result[key]}")
+    print(f"held-out top-1: {result['held_out_top1']:.2%} (trained in {result['train_s']:.0f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tfopt` console script."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "urllib3", "absl", "tensorflow", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "optimize":
+            return _run_optimize(args)
+        return _run_demo_data(args)
+    except UserInputError as exc:
+        print(f"tfopt: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TfoptError as exc:
+        print(f"tfopt: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

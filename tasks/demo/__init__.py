@@ -1,0 +1,1 @@
+"""Demo data set and model trainer: everything generated in code, nothing downloaded."""

@@ -1,0 +1,47 @@
+"""The pyfunc model consumers load from the registry: runs a variant with its own runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+VARIANT_ARTIFACT = "variant"
+SIGNATURE_ARTIFACT = "signature"
+META_ARTIFACT = "meta"
+
+
+class VariantModel(mlflow.pyfunc.PythonModel):
+    """Loads `backend:precision` artifacts with that backend's runtime and predicts.
+
+    Input: `{input_name: ndarray}` (or one ndarray for a single-input model). Output: the
+    ndarray of the single output, or `{output_name: ndarray}` when the model has several.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from tasks.backends import get_backend
+        from tasks.signature import Signature
+
+        meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
+        self.signature = Signature.read(Path(context.artifacts[SIGNATURE_ARTIFACT]).parent)
+        backend = get_backend(meta["backend"])
+        self.runner = backend.load(
+            Path(context.artifacts[VARIANT_ARTIFACT]), self.signature, int(meta["num_threads"])
+        )
+
+    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+        if isinstance(model_input, dict):
+            feeds = {name: np.asarray(value) for name, value in model_input.items()}
+        else:
+            if len(self.signature.inputs) != 1:
+                raise ValueError(f"this model has inputs {self.signature.input_names}; pass a dict")
+            feeds = {self.signature.input_names[0]: np.asarray(model_input)}
+        for tensor in self.signature.inputs:
+            feeds[tensor.name] = feeds[tensor.name].astype(tensor.dtype, copy=False)
+        outputs = self.runner(feeds)
+        if len(outputs) == 1:
+            return next(iter(outputs.values()))
+        return outputs
