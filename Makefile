@@ -1,0 +1,43 @@
+# tfopt: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export UV_COMPILE_BYTECODE := 1
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+STACK := .venv/bin/python infra/local/stack.py
+STACK_ENV := $(or $(TFOPT_STACK_DIR),$(CURDIR)/.stack)/stack.env
+
+.PHONY: help install demo test up down status lint format bench
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install:  ## install everything from uv.lock into .venv (installs uv itself if missing)
+	@test -x "$(UV)" || python3 -m pip install --user --quiet uv
+	@"$(UV)" sync --frozen --compile-bytecode --quiet
+
+demo: install  ## start the local stack, train the demo model, optimise it, print where to look
+	@bash infra/local/demo.sh
+
+test: install  ## run the test suite against a real local stack (started and stopped by the tests)
+	@bash infra/local/install-browser.sh
+	@.venv/bin/pytest -m "not gpu" tests
+	@.venv/bin/pytest -m gpu tests/gpu -rs
+
+up: install  ## start S3 + MLflow + the Airflow UI on localhost:8080 and print the login
+	@$(STACK) up --airflow
+
+down:  ## stop everything `make up` / `make demo` started
+	@test -x .venv/bin/python && $(STACK) down || true
+
+status:  ## what runs where
+	@$(STACK) status
+
+lint: install  ## ruff check + format check
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+
+format: install  ## apply ruff's formatting and safe fixes
+	@.venv/bin/ruff check --fix .
+	@.venv/bin/ruff format .
