@@ -36,6 +36,10 @@ def _ms(value: float) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
 
 
+def _speed(value: float, latency: bool) -> str:
+    return f"{_ms(value)} ms" if latency else f"{value:.1f} samples/s"
+
+
 def _points(fraction: float) -> str:
     return f"{fraction * 100:.2f}"
 
@@ -223,6 +227,19 @@ def rejection_reason(
     return _accuracy_rejection(candidate, gate) or _speed_rejection(candidate, objective, slo)
 
 
+def _require_baseline(by_name: Mapping[str, Candidate], baseline: str) -> Candidate:
+    base = by_name.get(baseline)
+    if base is None or base.status != "OK":
+        why = "is missing" if base is None else f"is {base.status}: {base.reason or 'no reason'}"
+        raise BaselineUnavailableError(
+            f"the baseline {baseline} {why}; there is nothing safe to register. Fix the model or "
+            "the eval data so that the baseline runs, then rerun"
+        )
+    if base.has_nan_or_inf:
+        log.warning("baseline %s has NaN/Inf outputs; it stays the reference", baseline)
+    return base
+
+
 def _rank_key(objective: str):
     def lower(value: float | None) -> float:
         return math.inf if value is None else value
@@ -256,15 +273,7 @@ def select(
     """
     _check_objective(objective)
     by_name = _index(candidates)
-    base = by_name.get(baseline)
-    if base is None or base.status != "OK":
-        why = "is missing" if base is None else f"is {base.status}: {base.reason or 'no reason'}"
-        raise BaselineUnavailableError(
-            f"the baseline {baseline} {why}; there is nothing safe to register. Fix the model or "
-            "the eval data so that the baseline runs, then rerun"
-        )
-    if base.has_nan_or_inf:
-        log.warning("baseline %s has NaN/Inf outputs; it stays the reference", baseline)
+    base = _require_baseline(by_name, baseline)
     rejections: dict[str, str] = {}
     eligible = [base]
     for name, candidate in by_name.items():
@@ -295,7 +304,7 @@ def _winner_text(chosen: Candidate, base: Candidate, objective: str) -> str:
         if chosen.p50_ms is None:
             return "lowest p50 at batch 1 (not measured)"
         ratio = ""
-        if compare and base.p50_ms is not None:
+        if compare and base.p50_ms is not None and chosen.p50_ms > 0:
             ratio = f", {base.p50_ms / chosen.p50_ms:.1f}x faster than {base.variant}"
         return f"lowest p50 at batch 1 ({_ms(chosen.p50_ms)} ms{ratio})"
     if chosen.throughput is None:
@@ -315,7 +324,7 @@ def _baseline_slo_note(base: Candidate, slo: LatencySLO) -> str:
         )
     if base.p99_ms > slo.p99_ms:
         return (
-            f"; note: the baseline's own p99 {_ms(base.p99_ms)} ms also exceeds the "
+            f"; note: the baseline's own p99 {_ms(base.p99_ms)} ms exceeds the "
             f"{_ms(slo.p99_ms)} ms budget"
         )
     return ""
@@ -388,8 +397,10 @@ def beats_champion(
     if old_value is None or old_value <= 0:
         return False, f"champion has no {label} recorded: not comparable, keeping champion"
     gain = (old_value - new_value if latency else new_value - old_value) / old_value
-    fmt = (lambda v: f"{_ms(v)} ms") if latency else (lambda v: f"{v:.1f} samples/s")
-    numbers = f"{label} {fmt(new_value)} vs champion's {fmt(old_value)} on {new_hw}"
+    numbers = (
+        f"{label} {_speed(new_value, latency)} vs champion's {_speed(old_value, latency)} "
+        f"on {new_hw}"
+    )
     if gain > min_gain:
         return True, f"{numbers}: {gain:.1%} better, takes champion"
     return False, f"{numbers}: not better by more than {min_gain:.1%}, keeping champion"

@@ -29,6 +29,7 @@ def variant_row(
         "validation_passed": val.get("passed"),
         "validation_reasons": list(val.get("reasons") or []),
         "has_nan_or_inf": any(c.get("has_nan") or c.get("has_inf") for c in comparisons),
+        "metric_name": val.get("metric_name"),
         "metric": val.get("metric"),
         "baseline_metric": val.get("baseline_metric"),
         "metric_delta": val.get("metric_delta"),
