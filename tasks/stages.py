@@ -141,7 +141,7 @@ def convert_stage(
 ) -> StageResult:
     """Convert the export into one variant; SKIPPED where its runtime cannot run here."""
     from tasks.backends import get_backend
-    from tasks.backends.base import ConversionRequest
+    from tasks.backends.base import BackendUnavailableError, ConversionRequest
     from tasks.datasets import iter_batches, open_dataset
 
     spec = VariantSpec.parse(variant)
@@ -178,6 +178,8 @@ def convert_stage(
         )
     except UserInputError:
         raise
+    except BackendUnavailableError as exc:
+        return StageResult("convert", Status.SKIPPED, reason=exc.reason, variant=variant)
     except Exception as exc:  # noqa: BLE001 - a failed conversion fails this variant only
         logger.exception("conversion of %s failed", variant)
         return StageResult(

@@ -79,7 +79,8 @@ def check_precision(backend: str, precisions: tuple[str, ...], precision: str) -
     """Raises UserInputError when `backend` does not build `precision`."""
     if precision not in precisions:
         raise UserInputError(
-            f"backend {backend!r} has no precision {precision!r}; choose from {', '.join(precisions)}"
+            f"backend {backend!r} has no precision {precision!r}; "
+            f"choose from {', '.join(precisions)}"
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,10 @@ def _convert_bytes(request: ConversionRequest, counter: Counter) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
-    return converter.convert()
+    with warnings.catch_warnings():
+        # The calibrator uses tf.lite.Interpreter internally; its deprecation notice is not ours.
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+        return converter.convert()
 
 
 def op_counts(content: bytes) -> dict[str, int]:

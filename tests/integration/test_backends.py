@@ -1,0 +1,186 @@
+"""Every backend on a tiny real Keras model: convert, load, run at batch 1 and 4, compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.backends import BackendUnavailableError, ConversionRequest, get_backend
+from tasks.backends.tflite import MODEL_FILE
+from tasks.signature import Signature, TensorInfo
+
+pytestmark = pytest.mark.integration
+
+INPUT = "image"
+CLASSES = 10
+
+
+def _signature_of(saved_model_dir: Path) -> Signature:
+    import tensorflow as tf
+
+    function = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+    _, inputs = function.structured_input_signature
+
+    def info(name, spec):
+        return TensorInfo(name, spec.dtype.name, tuple(spec.shape.as_list()))
+
+    return Signature(
+        inputs=tuple(info(n, s) for n, s in sorted(inputs.items())),
+        outputs=tuple(info(n, s) for n, s in sorted(function.structured_outputs.items())),
+    )
+
+
+def _images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random images whose class is the brightest of ten fixed 4x4 regions (learnable)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 0.5, size=(count, 16, 16, 3)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, size=count)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        images[i, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4, :] += 0.5
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A conv + dense + softmax model fitted for a few seconds, exported as a serving SavedModel."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3), name=INPUT)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    train_x, train_y = _images(1024, seed=1)
+    model.fit(train_x, train_y, epochs=8, batch_size=64, verbose=0)
+    saved_model_dir = tmp_path_factory.mktemp("export") / "saved_model"
+    model.export(str(saved_model_dir), verbose=False)
+    test_x, _ = _images(64, seed=2)
+    calibration_x, _ = _images(32, seed=3)
+    return {
+        "dir": saved_model_dir,
+        "signature": _signature_of(saved_model_dir),
+        "test_x": test_x,
+        "expected": model.predict(test_x, verbose=0),
+        "calibration": lambda: ({INPUT: calibration_x[i : i + 1]} for i in range(32)),
+    }
+
+
+def _convert_and_load(tiny, tmp_path, variant: str):
+    backend_name, precision = variant.split(":")
+    backend = get_backend(backend_name)
+    assert backend.available() is None
+    request = ConversionRequest(
+        saved_model_dir=tiny["dir"],
+        signature=tiny["signature"],
+        precision=precision,
+        output_dir=tmp_path / variant.replace(":", "-"),
+        calibration_data=tiny["calibration"],
+        batch_sizes=(1, 4),
+    )
+    conversion = backend.convert(request)
+    runner = backend.load(conversion.artifact_dir, tiny["signature"], num_threads=2)
+    return conversion, runner
+
+
+def _run(runner, images: np.ndarray, batch: int) -> np.ndarray:
+    (name,) = runner.output_names
+    chunks = []
+    for start in range(0, len(images), batch):
+        outputs = runner({INPUT: images[start : start + batch]})
+        assert set(outputs) == set(runner.output_names)
+        assert outputs[name].shape == (len(images[start : start + batch]), CLASSES)
+        assert outputs[name].dtype == np.float32
+        chunks.append(outputs[name])
+    return np.concatenate(chunks)
+
+
+def test_signature_of_the_tiny_model(tiny):
+    assert tiny["signature"].input_names == (INPUT,)
+    assert tiny["signature"].inputs[0].shape == (None, 16, 16, 3)
+    assert tiny["signature"].output_names == ("output_0",)
+
+
+def test_tf_baseline_is_the_model(tiny, tmp_path):
+    conversion, runner = _convert_and_load(tiny, tmp_path, "tf:fp32")
+    assert (conversion.artifact_dir / "saved_model.pb").is_file()
+    assert conversion.summary["size_bytes"] > 0
+    for batch in (1, 4):
+        np.testing.assert_allclose(_run(runner, tiny["test_x"], batch), tiny["expected"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("precision", "atol", "min_agreement"),
+    [("fp32", 1e-5, 1.0), ("fp16", 1e-2, 0.95), ("int8", None, 0.85)],
+)
+def test_tflite_matches_the_baseline(tiny, tmp_path, precision, atol, min_agreement):
+    conversion, runner = _convert_and_load(tiny, tmp_path, f"tflite:{precision}")
+    assert (conversion.artifact_dir / MODEL_FILE).is_file()
+    assert conversion.summary["size_bytes"] == (conversion.artifact_dir / MODEL_FILE).stat().st_size
+    assert conversion.summary["num_ops"] > 0
+    assert runner.output_names == tiny["signature"].output_names
+    expected = tiny["expected"]
+    for batch in (1, 4, 1):  # back to 1: the per-shape interpreters are reused
+        got = _run(runner, tiny["test_x"], batch)
+        if atol is not None:
+            np.testing.assert_allclose(got, expected, atol=atol)
+        agreement = np.mean(got.argmax(axis=1) == expected.argmax(axis=1))
+        assert agreement >= min_agreement, f"top-1 agreement {agreement:.2f}"
+
+
+def test_tflite_int8_is_full_integer_with_float_io(tiny, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    conversion, _ = _convert_and_load(tiny, tmp_path, "tflite:int8")
+    assert conversion.summary["io_dtype"] == "float32"
+    assert conversion.summary["calibration_samples"] >= 32
+    assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D"} <= set(conversion.summary["op_counts"])
+    interpreter = Interpreter(model_path=str(conversion.artifact_dir / MODEL_FILE))
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    conv_types = {d["dtype"] for d in interpreter.get_tensor_details() if "conv" in d["name"]}
+    assert np.int8 in conv_types
+
+
+def test_tflite_runner_quantizes_integer_io(tiny, tmp_path):
+    """A model converted elsewhere with int8 I/O still takes and returns floats."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(tiny["dir"]), signature_keys=["serving_default"]
+    )
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = tiny["calibration"]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    artifact_dir = tmp_path / "int8-io"
+    artifact_dir.mkdir()
+    (artifact_dir / MODEL_FILE).write_bytes(converter.convert())
+    runner = get_backend("tflite").load(artifact_dir, tiny["signature"], num_threads=2)
+    got = _run(runner, tiny["test_x"], batch=4)
+    assert np.mean(got.argmax(axis=1) == tiny["expected"].argmax(axis=1)) >= 0.85
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=0.05)
+
+
+def test_tftrt_reports_why_it_cannot_run_here(tiny, tmp_path):
+    from tasks.backends.tftrt import probe_runtime
+
+    backend = get_backend("tftrt")
+    reason = backend.available()
+    assert reason and "TensorRT" in reason
+    assert "TensorRT" in (probe_runtime() or "")  # the real attempt agrees with the shortcut
+    request = ConversionRequest(
+        saved_model_dir=tiny["dir"],
+        signature=tiny["signature"],
+        precision="fp16",
+        output_dir=tmp_path / "tftrt-fp16",
+        calibration_data=tiny["calibration"],
+    )
+    with pytest.raises(BackendUnavailableError) as raised:
+        backend.convert(request)
+    assert raised.value.reason == reason
