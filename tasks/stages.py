@@ -486,6 +486,14 @@ def register_stage(
     )
 
 
+def _hardware_line(hardware: dict[str, Any]) -> str:
+    from tasks.hardware import hardware_class
+
+    if not hardware:
+        return "unknown"
+    return f"{hardware.get('cpu_model', '?')} ({hardware_class(hardware)})"
+
+
 def report_stage(
     config: PipelineConfig,
     ctx: RunContext,
@@ -510,7 +518,7 @@ def report_stage(
     info = {
         "model": config.registered_model_name,
         "run_id": ctx.run_id,
-        "hardware": hardware.get("cpu_model") or registration.variant,
+        "hardware": _hardware_line(hardware),
         "objective": config.objective,
         "accuracy_tolerance": config.accuracy_gate.tolerance,
         "latency_slo_ms": config.latency_slo.p99_ms,
