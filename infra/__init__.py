@@ -1,0 +1,1 @@
+"""Infrastructure: the local embedded stack, images and deployment."""

@@ -1,0 +1,1 @@
+"""The local embedded stack (SeaweedFS, MLflow, Airflow) for development and tests."""
