@@ -31,7 +31,8 @@ def train_and_publish() -> dict[str, Any]:
     seed = context["params"]["seed"]
     if seed is None:
         seed = zlib.crc32(run.run_id.encode()) % 100_000
-    published = publish_demo(f"{DEMO_ROOT}/retrain/{run.run_id}", seed=int(seed))
+    output_uri = context["params"]["output_uri"] or f"{DEMO_ROOT}/retrain/{run.run_id}"
+    published = publish_demo(output_uri, seed=int(seed))
     uris = {key: published[key] for key in ("model_uri", "eval_data_uri", "calibration_data_uri")}
     summary = {**uris, "held_out_top1": published["held_out_top1"], "seed": int(seed)}
     context["outlet_events"][DEMO_MODEL_ASSET].extra = summary
@@ -50,7 +51,12 @@ def train_and_publish() -> dict[str, Any]:
             None,
             type=["null", "integer"],
             description="Data/training seed; empty derives a fresh one from the run id.",
-        )
+        ),
+        "output_uri": Param(
+            None,
+            type=["null", "string"],
+            description="Where to publish; empty means s3://<bucket>/demo/retrain/<run id>.",
+        ),
     },
     doc_md=__doc__,
     tags=["tfopt", "demo"],

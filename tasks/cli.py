@@ -1,4 +1,4 @@
-"""`tfopt` command line: `optimize` runs the whole chain without Airflow; `demo-data` makes a demo."""
+"""The `tfopt` command line: `optimize` runs the whole chain without Airflow."""
 
 from __future__ import annotations
 
@@ -63,12 +63,24 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
 
 
+def _show_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="print the variant table and registration of a published run",
+        description="Print a run's report: the latest of a registered model, or --run-id.",
+    )
+    p.add_argument("--registered-model-name", required=True)
+    p.add_argument("--run-id", default=None, help="a run id (default: the latest run)")
+    p.add_argument("--json", action="store_true", help="print results.json as it is")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfopt", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _optimize_parser(sub)
     _demo_parser(sub)
+    _show_parser(sub)
     return parser
 
 
@@ -78,56 +90,81 @@ def _progress(step: int, total: int, label: str, result: Any, seconds: float) ->
         return
     status = f"{result.status.value}" if result is not None else "done"
     reason = f" - {result.reason}" if getattr(result, "reason", "") else ""
-    print(f"[{step:>2}/{total}] {label}: {status} ({seconds:.1f} s){reason}", file=sys.stderr,
-          flush=True)
+    print(
+        f"[{step:>2}/{total}] {label}: {status} ({seconds:.1f} s){reason}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
-def _print_summary(results: dict[str, Any]) -> None:
+def _print_report(results: dict[str, Any], report_uri: str) -> None:
+    """Print a published results.json: the table, the choice, the version, where to look."""
     from tasks.report import render_markdown
 
-    registration = results["registration"]
-    reg = {**registration["metrics"], **registration["uris"]}
-    print(render_markdown(results["rows"], results["selection"]["chosen"], {
-        "model": results["config"]["registered_model_name"],
-        "run_id": results["run_id"],
-        "objective": results["config"]["objective"],
-        "accuracy_tolerance": results["config"]["accuracy_tolerance"],
-        "latency_slo_ms": results["config"]["latency_slo_ms"],
-        "selection_reason": results["selection"]["reason"],
-    }))
+    info = results["info"]
+    reg = info.get("registration") or {}
+    print(render_markdown(results["rows"], results["chosen"], info))
     print()
-    print(f"chosen:     {results['selection']['chosen']} — {results['selection']['reason']}")
-    print(f"registered: {reg['registered_model_name']} version {reg['model_version']} "
-          f"({'champion' if reg['champion'] else 'challenger'}: {reg['champion_reason']})")
-    print(f"load it:    mlflow.pyfunc.load_model('models:/{reg['registered_model_name']}@champion')")
-    print(f"MLflow:     {reg['mlflow_run_url']}")
-    print(f"            {reg['model_version_url']}")
-    print(f"S3:         {results['root_uri']}/")
-    print(f"report:     {results['report']['uris'].get('report_uri')}/report.html")
-    print(f"wall time:  {results['wall_s']:.1f} s")
+    print(f"chosen:     {results['chosen']} — {info.get('selection_reason', '')}")
+    print(
+        f"registered: {reg.get('registered_model_name')} version {reg.get('model_version')} "
+        f"({'champion' if reg.get('champion') else 'challenger'}: {reg.get('champion_reason')})"
+    )
+    print(
+        f"load it:    mlflow.pyfunc.load_model('models:/{reg.get('registered_model_name')}"
+        "@champion')"
+    )
+    print(f"MLflow:     {reg.get('mlflow_run_url')}")
+    print(f"            {reg.get('model_version_url')}")
+    print(f"report:     {report_uri}/report.html")
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
     from tasks.config import PipelineConfig
     from tasks.pipeline import optimize
+    from tasks.storage import get_json
 
-    config = PipelineConfig.from_params({
-        "model_uri": args.model_uri,
-        "eval_data_uri": args.eval_data_uri,
-        "calibration_data_uri": args.calibration_data_uri,
-        "registered_model_name": args.registered_model_name,
-        "variants": args.variants,
-        "accuracy_tolerance": args.accuracy_tolerance,
-        "latency_slo_ms": args.latency_slo_ms,
-        "batch_sizes": args.batch_sizes,
-        "objective": args.objective,
-        "num_threads": args.num_threads,
-    })
+    config = PipelineConfig.from_params(
+        {
+            "model_uri": args.model_uri,
+            "eval_data_uri": args.eval_data_uri,
+            "calibration_data_uri": args.calibration_data_uri,
+            "registered_model_name": args.registered_model_name,
+            "variants": args.variants,
+            "accuracy_tolerance": args.accuracy_tolerance,
+            "latency_slo_ms": args.latency_slo_ms,
+            "batch_sizes": args.batch_sizes,
+            "objective": args.objective,
+            "num_threads": args.num_threads,
+        }
+    )
     results = optimize(config, run_id=args.run_id, progress=_progress)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
+        return 0
+    report_uri = results["report"]["uris"]["report_uri"]
+    _print_report(get_json(f"{report_uri}/results.json"), report_uri)
+    print(f"S3:         {results['root_uri']}/")
+    print(f"wall time:  {results['wall_s']:.1f} s")
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from tasks.runs import list_runs
+
+    runs = list_runs(args.registered_model_name, limit=10_000)
+    if args.run_id:
+        runs = [run for run in runs if run.run_id == args.run_id]
+    if not runs:
+        raise UserInputError(
+            f"no published run of {args.registered_model_name!r}"
+            + (f" with run id {args.run_id!r}" if args.run_id else "")
+        )
+    results = runs[0].results()
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
     else:
-        _print_summary(results)
+        _print_report(results, runs[0].report_uri)
     return 0
 
 
@@ -157,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "urllib3", "absl", "tensorflow", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        if args.command == "optimize":
-            return _run_optimize(args)
-        return _run_demo_data(args)
+        commands = {"optimize": _run_optimize, "demo-data": _run_demo_data, "show": _run_show}
+        return commands[args.command](args)
     except UserInputError as exc:
         print(f"tfopt: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
