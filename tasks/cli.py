@@ -84,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(step: int, total: int, label: str, result: Any, seconds: float) -> None:
-    if result is None:
+def _progress(step: int, total: int, label: str, result: Any, seconds: float | None) -> None:
+    if seconds is None:
         print(f"[{step:>2}/{total}] {label} ...", file=sys.stderr, flush=True)
         return
-    status = f"{result.status.value}" if result is not None else "done"
+    status = result.status.value if result is not None else "done"
     reason = f" - {result.reason}" if getattr(result, "reason", "") else ""
     print(
         f"[{step:>2}/{total}] {label}: {status} ({seconds:.1f} s){reason}",
@@ -185,6 +185,7 @@ def _run_demo_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tfopt` console script."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

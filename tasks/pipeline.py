@@ -16,8 +16,8 @@ from tasks.results import StageResult
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str, StageResult | None, float], None]
-"""progress(step, total_steps, label, result or None when starting, seconds spent)."""
+Progress = Callable[[int, int, str, StageResult | None, float | None], None]
+"""progress(step, total_steps, label, stage result or None, seconds spent or None at start)."""
 
 
 def new_run_id() -> str:
@@ -33,7 +33,7 @@ class _Steps:
     def run(self, label: str, fn: Callable[..., Any], *args: Any) -> Any:
         self.done += 1
         if self.progress:
-            self.progress(self.done, self.total, label, None, 0.0)
+            self.progress(self.done, self.total, label, None, None)
         started = time.perf_counter()
         result = fn(*args)
         if self.progress:

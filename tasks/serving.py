@@ -32,7 +32,7 @@ class VariantModel(mlflow.pyfunc.PythonModel):
             Path(context.artifacts[VARIANT_ARTIFACT]), self.signature, int(meta["num_threads"])
         )
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads hints
         if isinstance(model_input, dict):
             feeds = {name: np.asarray(value) for name, value in model_input.items()}
         else:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
+from tasks.backends.tf import directory_size, set_tf_threads
 from tasks.config import PipelineConfig, RunContext, VariantSpec
 from tasks.errors import UserInputError
 from tasks.results import StageResult, Status
@@ -59,6 +60,7 @@ def export_stage(config: PipelineConfig, ctx: RunContext) -> StageResult:
     uri = ctx.uri("export")
     if done := _published(uri, "export"):
         return done
+    set_tf_threads(config.num_threads)
     out_dir, signature, source_digest = export_model(config.model_uri, ctx.local("export-work"))
     result = StageResult(
         stage="export",
@@ -68,16 +70,10 @@ def export_stage(config: PipelineConfig, ctx: RunContext) -> StageResult:
             "source_digest": source_digest,
             "export_digest": storage.tree_digest(storage.digest_tree(out_dir)),
             "signature": signature.to_dict(),
-            "size_bytes": _tree_size(out_dir / "saved_model"),
+            "size_bytes": directory_size(out_dir / "saved_model"),
         },
     )
     return _publish(out_dir, uri, result)
-
-
-def _tree_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 # --- data + reference outputs -----------------------------------------------------------------
@@ -95,6 +91,7 @@ def prepare_data_stage(config: PipelineConfig, ctx: RunContext, export: StageRes
     uri = ctx.uri("data")
     if done := _published(uri, "data"):
         return done
+    set_tf_threads(config.num_threads)
     saved_model, signature = _fetch_export(export, ctx)
     eval_data = open_dataset(
         config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
@@ -119,7 +116,7 @@ def prepare_data_stage(config: PipelineConfig, ctx: RunContext, export: StageRes
         stage="data",
         status=Status.OK,
         uris={
-            "reference": f"{uri}/{REFERENCE_FILE}",
+            "data": uri,
             "eval": config.eval_data_uri,
             "calibration": config.calibration_data_uri,
         },
@@ -153,6 +150,7 @@ def convert_stage(
     if reason:
         logger.warning("%s SKIPPED: %s", variant, reason)
         return StageResult("convert", Status.SKIPPED, reason=reason, variant=variant)
+    set_tf_threads(config.num_threads)
     saved_model, signature = _fetch_export(export, ctx)
     calibration = open_dataset(
         config.calibration_data_uri, ctx.local("calibration"), signature, require_labels=False
@@ -192,7 +190,7 @@ def convert_stage(
         uris={"model": uri},
         metrics={
             "conversion_s": round(time.perf_counter() - started, 3),
-            "size_bytes": _tree_size(conversion.artifact_dir),
+            "size_bytes": directory_size(conversion.artifact_dir),
             "calibration_digest": calibration.digest if spec.precision == "int8" else None,
             "summary": conversion.summary,
         },
@@ -236,8 +234,8 @@ def validate_stage(
     eval_data = open_dataset(
         config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
     )
-    reference_path = storage.fetch_tree(data.uris["reference"], ctx.local("reference"))
-    with np.load(reference_path, allow_pickle=False) as ref:
+    reference_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
+    with np.load(reference_dir / REFERENCE_FILE, allow_pickle=False) as ref:
         reference = {name: ref[name] for name in ref.files}
     accumulator = ValidationAccumulator(spec.name, signature.output_names, None)
     offset = 0

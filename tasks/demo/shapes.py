@@ -24,7 +24,8 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)
 DEFAULT_IMAGE_SIZE = 96
 _CHUNK = 128  # images rendered at once; bounds memory to a few [chunk, H, W] float32 arrays
-_MIN_COLOUR_DISTANCE = 0.45
+_MIN_COLOUR_DISTANCE = 0.4
+_LINE_PROBABILITY = 0.5  # a distractor line behind the shape, across the whole image
 
 Mask = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """(x, y, texture_frequency) in shape-local units, [B, H, W] each -> boolean mask."""
@@ -115,7 +116,23 @@ def _sample_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         "foreground": foreground,
         "texture": rng.uniform(0.05, 0.25, n),
         "noise": rng.uniform(0.02, 0.10, n),
+        "line_width": np.where(rng.random(n) < _LINE_PROBABILITY, rng.uniform(0.02, 0.06, n), 0.0),
+        "line_offset": rng.uniform(-0.6, 0.6, n),
+        "line_angle": rng.uniform(0.0, np.pi, n),
+        "line_colour": rng.uniform(0.0, 1.0, size=(n, 3)).astype(np.float32),
     }
+
+
+def _draw_line(
+    background: np.ndarray, axis: np.ndarray, params: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Paint the distractor line (zero width: none) over the background [B, H, W, 3]."""
+    angle = params["line_angle"].astype(np.float32)[:, None, None]
+    offset = params["line_offset"].astype(np.float32)[:, None, None]
+    width = params["line_width"].astype(np.float32)[:, None, None]
+    signed = axis[None, None, :] * np.sin(angle) - axis[None, :, None] * np.cos(angle)
+    on_line = np.abs(signed - offset) < width
+    return np.where(on_line[..., None], params["line_colour"][:, None, None, :], background)
 
 
 def _render(
@@ -141,6 +158,7 @@ def _render(
     foreground = params["foreground"][:, None, None, :] + 0.5 * tint * _smooth_noise(
         rng, b, size, 4
     )
+    background = _draw_line(background, axis, params)
     images = np.where(mask[..., None], foreground, background)
     sigma = params["noise"].astype(np.float32)[:, None, None, None]
     noise = rng.random(images.shape, dtype=np.float32) - 0.5  # uniform: 8x faster than normal

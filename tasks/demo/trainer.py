@@ -1,4 +1,4 @@
-"""The demo model: a MobileNetV2 classifier of the shape data set, trained from scratch."""
+"""The demo model: a MobileNet-v1-style classifier of the shape data set, trained from scratch."""
 
 from __future__ import annotations
 
@@ -14,27 +14,39 @@ from tasks.demo import shapes
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-BN_MOMENTUM = 0.9  # keras.applications uses 0.999: too slow for a few hundred steps from scratch
+OUTPUT_NAME = "probabilities"
+BN_MOMENTUM = 0.9  # Keras' MobileNets use 0.999: moving statistics lag badly in a short run
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to build and train the demo model; the defaults meet the accuracy target.
+    """How to build and train the demo model; the defaults meet the >= 90% held-out target.
 
-    Train, held-out and (in the bundle) calibration data use distinct data seeds.
+    `blocks` lists the depthwise-separable blocks as `(filters, stride)`. Train and held-out
+    data use distinct data seeds (the bundle's calibration data a third one).
     """
 
-    image_size: int = 96
-    alpha: float = 0.35
+    image_size: int = shapes.DEFAULT_IMAGE_SIZE
+    stem_filters: int = 32
+    blocks: tuple[tuple[int, int], ...] = (
+        (64, 2),
+        (64, 1),
+        (128, 2),
+        (128, 1),
+        (256, 2),
+        (256, 1),
+    )
+    dropout: float = 0.1
     n_train: int = 6000
     n_heldout: int = 1000
-    epochs: int = 8
+    epochs: int = 7
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 6e-3
     warmup_fraction: float = 0.05
     seed: int = 0
     train_seed: int = 1
@@ -42,33 +54,90 @@ class TrainConfig:
 
     @classmethod
     def tiny(cls) -> TrainConfig:
-        """A real but minute configuration for tests: 32 px, a few hundred images, one epoch."""
-        return cls(image_size=32, n_train=256, n_heldout=64, epochs=1, batch_size=32)
+        """A real but minute configuration for tests: 32 px, few filters, 256 images, 1 epoch."""
+        return cls(
+            image_size=32,
+            stem_filters=8,
+            blocks=((16, 2), (32, 2)),
+            n_train=256,
+            n_heldout=64,
+            epochs=1,
+            batch_size=32,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["blocks"] = [list(block) for block in self.blocks]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        values = dict(data)
+        if "blocks" in values:
+            values["blocks"] = tuple(tuple(block) for block in values["blocks"])
+        return cls(**values)
+
+
+def _conv_bn_relu(x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
+    import keras
+
+    layers = keras.layers
+    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_relu")(x)
+
+
+def _separable_block(x: Any, filters: int, stride: int, name: str) -> Any:
+    """Depthwise 3x3 + BN + ReLU6, then pointwise 1x1 + BN + ReLU6 (MobileNet v1)."""
+    import keras
+
+    layers = keras.layers
+    x = layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    return _conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """MobileNetV2 (`alpha` width, random init) with input `image` in [0, 1] and softmax of 10."""
+    """The classifier: input `image` float32 [N, H, W, 3] in [0, 1] -> softmax over 10 classes."""
     import keras
 
     size = config.image_size
     inputs = keras.Input(shape=(size, size, 3), name=INPUT_NAME)
-    scaled = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
-    model = keras.applications.MobileNetV2(
-        input_tensor=scaled,
-        alpha=config.alpha,
-        weights=None,
-        include_top=True,
-        classes=shapes.NUM_CLASSES,
-        classifier_activation="softmax",
-        name=f"shapes_mobilenetv2_{config.alpha:g}_{size}",
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_symmetric")(inputs)
+    x = _conv_bn_relu(x, config.stem_filters, 3, 2, "stem")
+    for index, (filters, stride) in enumerate(config.blocks, start=1):
+        x = _separable_block(x, filters, stride, f"block{index}")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(shapes.NUM_CLASSES, activation="softmax", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"shapes_mobilenet_{size}")
+
+
+def _train_dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> tf.data.Dataset:
+    """Shuffled batches with random 90-degree turns and flips (every class is invariant to both).
+
+    The augmentation is stateless, seeded per element, so a run is repeatable.
+    """
+    import tensorflow as tf
+
+    def augment(pair: tuple[tf.Tensor, tf.Tensor], seeds: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = pair
+        turns = tf.random.stateless_uniform([], seeds, 0, 4, dtype=tf.int32)
+        image = tf.image.rot90(image, turns)
+        image = tf.image.stateless_random_flip_left_right(image, seeds[::-1])
+        return image, label
+
+    examples = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(
+        len(images), seed=config.seed, reshuffle_each_iteration=True
     )
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = BN_MOMENTUM
-    return model
+    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
+    return (
+        tf.data.Dataset.zip(examples, seeds)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(config.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
@@ -108,10 +177,27 @@ def _epoch_logger(epochs: int) -> keras.callbacks.Callback:
     return EpochLogger()
 
 
-def top1(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> float:
+def top1(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 128
+) -> float:
     """Top-1 accuracy of `model` on `images` (a fraction in [0, 1])."""
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(probabilities, axis=-1) == labels))
+
+
+def _compiled_model(config: TrainConfig) -> keras.Model:
+    """The seeded, freshly initialised model with Adam on a warm-up + cosine schedule."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    steps_per_epoch = math.ceil(config.n_train / config.batch_size)
+    model.compile(
+        optimizer=keras.optimizers.Adam(_schedule(config, steps_per_epoch)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
 
 
 def train(config: TrainConfig | None = None) -> tuple[keras.Model, dict[str, Any]]:
@@ -122,32 +208,29 @@ def train(config: TrainConfig | None = None) -> tuple[keras.Model, dict[str, Any
 
     Returns:
         `(model, metrics)`: metrics holds `heldout_top1`, `train_top1`, `train_seconds` (the
-        `fit` wall time, first-step tracing included), `data_seconds`, `params` and the config.
+        `fit` wall time, graph tracing included), `data_seconds`, `params`, the per-epoch
+        `history` and the `config`. The held-out set is only watched, never trained on.
     """
-    import keras
-
     config = config or TrainConfig()
     started = time.perf_counter()
     x_train, y_train = shapes.generate(config.n_train, config.train_seed, config.image_size)
     x_held, y_held = shapes.generate(config.n_heldout, config.heldout_seed, config.image_size)
     data_seconds = time.perf_counter() - started
-    logger.info("generated %d train + %d held-out images in %.1f s", len(x_train), len(x_held),
-                data_seconds)
+    logger.info("generated %d + %d images in %.1f s", len(x_train), len(x_held), data_seconds)
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config)
-    steps = math.ceil(config.n_train / config.batch_size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(_schedule(config, steps)),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+    model = _compiled_model(config)
+    logger.info(
+        "training %s (%d params) for %d epochs", model.name, model.count_params(), config.epochs
     )
-    logger.info("training %s (%d params) for %d epochs", model.name, model.count_params(),
-                config.epochs)
     fit_start = time.perf_counter()
     history = model.fit(
-        x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
-        validation_data=(x_held, y_held), callbacks=[_epoch_logger(config.epochs)], verbose=0,
+        _train_dataset(x_train, y_train, config),
+        epochs=config.epochs,
+        validation_data=(x_held, y_held),
+        validation_batch_size=128,
+        callbacks=[_epoch_logger(config.epochs)],
+        shuffle=False,  # the dataset shuffles, seeded
+        verbose=0,
     )
     train_seconds = time.perf_counter() - fit_start
     metrics = {
@@ -159,8 +242,7 @@ def train(config: TrainConfig | None = None) -> tuple[keras.Model, dict[str, Any
         "history": {key: [float(v) for v in values] for key, values in history.history.items()},
         "config": config.to_dict(),
     }
-    logger.info("held-out top-1 %.4f after %.1f s of training", metrics["heldout_top1"],
-                train_seconds)
+    logger.info("held-out top-1 %.4f, %.1f s of training", metrics["heldout_top1"], train_seconds)
     return model, metrics
 
 
@@ -175,7 +257,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     chosen = TrainConfig.tiny() if args.tiny else TrainConfig()
     if args.epochs:
-        chosen = TrainConfig(**{**chosen.to_dict(), "epochs": args.epochs})
+        chosen = TrainConfig.from_dict({**chosen.to_dict(), "epochs": args.epochs})
     _, result = train(chosen)
     result.pop("history")
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))  # noqa: T201 - the command-line output
