@@ -40,10 +40,10 @@ from tfopt_airflow import (
 )
 
 
-def _config_and_run(params: dict[str, Any]):
+def _config_and_run(settings: dict[str, Any]):
     from tasks.config import PipelineConfig, RunContext
 
-    config = PipelineConfig.from_params(params)
+    config = PipelineConfig.from_params(settings)
     run_id = get_current_context()["dag_run"].run_id
     return config, RunContext.create(run_id, config.registered_model_name)
 
@@ -73,48 +73,45 @@ def resolve_config() -> dict[str, Any]:
 
 @task(retries=1)
 @user_errors_fail_fast
-def export(params: dict[str, Any]) -> dict[str, Any]:
+def export(settings: dict[str, Any]) -> dict[str, Any]:
     from tasks.stages import export_stage
 
-    return export_stage(*_config_and_run(params)).to_dict()
+    return export_stage(*_config_and_run(settings)).to_dict()
 
 
 @task
 @user_errors_fail_fast
-def prepare_data(params: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
+def prepare_data(settings: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
     from tasks.stages import prepare_data_stage
 
-    return prepare_data_stage(*_config_and_run(params), _result(exported)).to_dict()
+    return prepare_data_stage(*_config_and_run(settings), _result(exported)).to_dict()
 
 
 @task
-def split_variants(params: dict[str, Any]) -> dict[str, list[str]]:
-    """CPU variants run anywhere; TF-TRT variants go to the GPU queue."""
-    return {
-        "cpu": [v for v in params["variants"] if not v.startswith("tftrt:")],
-        "gpu": [v for v in params["variants"] if v.startswith("tftrt:")],
-    }
+def lane_variants(settings: dict[str, Any], lane: str) -> list[str]:
+    """The variants of one lane: "gpu" holds the TF-TRT ones, "cpu" the rest."""
+    return [v for v in settings["variants"] if v.startswith("tftrt:") == (lane == "gpu")]
 
 
 @task
 @user_errors_fail_fast
-def convert(variant: str, params: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
+def convert(variant: str, settings: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
     from tasks.stages import convert_stage
 
-    return convert_stage(*_config_and_run(params), variant, _result(exported)).to_dict()
+    return convert_stage(*_config_and_run(settings), variant, _result(exported)).to_dict()
 
 
 @task
 @user_errors_fail_fast
 def validate(
     conversion: dict[str, Any],
-    params: dict[str, Any],
+    settings: dict[str, Any],
     exported: dict[str, Any],
     data: dict[str, Any],
 ) -> dict[str, Any]:
     from tasks.stages import validate_stage
 
-    config, run = _config_and_run(params)
+    config, run = _config_and_run(settings)
     return validate_stage(
         config, run, _result(conversion), _result(exported), _result(data)
     ).to_dict()
@@ -123,22 +120,22 @@ def validate(
 @task(pool=BENCHMARK_POOL)
 @user_errors_fail_fast
 def benchmark(
-    conversion: dict[str, Any], params: dict[str, Any], exported: dict[str, Any]
+    conversion: dict[str, Any], settings: dict[str, Any], exported: dict[str, Any]
 ) -> dict[str, Any]:
     from tasks.stages import benchmark_stage
 
-    config, run = _config_and_run(params)
+    config, run = _config_and_run(settings)
     return benchmark_stage(config, run, _result(conversion), _result(exported)).to_dict()
 
 
 @task(trigger_rule="none_failed")
 @user_errors_fail_fast
 def select(
-    params: dict[str, Any], conversions: list, validations: list, benchmarks: list
+    settings: dict[str, Any], conversions: list, validations: list, benchmarks: list
 ) -> dict[str, Any]:
     from tasks.stages import collect_rows, select_stage
 
-    config, _ = _config_and_run(params)
+    config, _ = _config_and_run(settings)
     rows = collect_rows(
         [_result(c) for c in conversions],
         [_result(v) for v in validations],
@@ -149,10 +146,12 @@ def select(
 
 @task
 @user_errors_fail_fast
-def register(params: dict[str, Any], exported: dict, data: dict, selected: dict) -> dict[str, Any]:
+def register(
+    settings: dict[str, Any], exported: dict, data: dict, selected: dict
+) -> dict[str, Any]:
     from tasks.stages import register_stage
 
-    config, run = _config_and_run(params)
+    config, run = _config_and_run(settings)
     result = register_stage(
         config, run, _result(exported), _result(data), selected["rows"], selected["selection"]
     )
@@ -161,10 +160,10 @@ def register(params: dict[str, Any], exported: dict, data: dict, selected: dict)
 
 @task
 @user_errors_fail_fast
-def report(params: dict[str, Any], selected: dict, registered: dict) -> dict[str, Any]:
+def report(settings: dict[str, Any], selected: dict, registered: dict) -> dict[str, Any]:
     from tasks.stages import report_stage
 
-    config, run = _config_and_run(params)
+    config, run = _config_and_run(settings)
     result = report_stage(config, run, selected["rows"], selected["selection"], _result(registered))
     return {**result.to_dict(), "report_uri": result.uris["report_uri"]}
 
@@ -181,39 +180,39 @@ def report(params: dict[str, Any], selected: dict, registered: dict) -> dict[str
     dagrun_timeout=timedelta(hours=3),
 )
 def optimize_model():
-    params = resolve_config()
-    exported = export(params)
-    data = prepare_data(params, exported)
-    variants = split_variants(params)
+    settings = resolve_config()
+    exported = export(settings)
+    data = prepare_data(settings, exported)
 
     results = {}
     for lane, queue in (("cpu", None), ("gpu", GPU_QUEUE)):
         extra = {"queue": queue} if queue else {}
+        variants = lane_variants.override(task_id=f"{lane}_variants")(settings, lane)
         converted = (
             convert.override(task_id=f"convert_{lane}", **extra)
-            .partial(params=params, exported=exported)
-            .expand(variant=variants[lane])
+            .partial(settings=settings, exported=exported)
+            .expand(variant=variants)
         )
         validated = (
             validate.override(task_id=f"validate_{lane}", **extra)
-            .partial(params=params, exported=exported, data=data)
+            .partial(settings=settings, exported=exported, data=data)
             .expand(conversion=converted)
         )
         measured = (
             benchmark.override(task_id=f"benchmark_{lane}", **extra)
-            .partial(params=params, exported=exported)
+            .partial(settings=settings, exported=exported)
             .expand(conversion=converted)
         )
         results[lane] = (converted, validated, measured)
 
     selected = select.override(task_id="select")(
-        params,
+        settings,
         results["cpu"][0].concat(results["gpu"][0]),
         results["cpu"][1].concat(results["gpu"][1]),
         results["cpu"][2].concat(results["gpu"][2]),
     )
-    registered = register(params, exported, data, selected)
-    report(params, selected, registered)
+    registered = register(settings, exported, data, selected)
+    report(settings, selected, registered)
 
 
 optimize_model()

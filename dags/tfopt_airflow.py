@@ -17,7 +17,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 BUCKET = os.environ.get("TFOPT_BUCKET", "tfopt")
 DEMO_ROOT = f"s3://{BUCKET}/demo"
-DEMO_MODEL_ASSET = Asset(name="tfopt_demo_model", uri=f"s3://{BUCKET}/demo/retrain")
+# Named, not an s3:// URI: an s3 URI makes Airflow load the amazon provider (boto3) at parse time.
+DEMO_MODEL_ASSET = Asset(name="tfopt_demo_model")
 BENCHMARK_POOL = os.environ.get("TFOPT_BENCHMARK_POOL", "tfopt_benchmark")
 GPU_QUEUE = os.environ.get("TFOPT_GPU_QUEUE", "gpu")
 VARIANT_CHOICES = [

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 VALIDATION_BATCH = 32
 BENCHMARK_DISTINCT_BATCHES = 16
 REFERENCE_FILE = "reference_outputs.npz"
+CHAMPION_MIN_GAIN = 0.05
+"""A new version takes `champion` only when it is at least this much faster (the benchmark's own
+stability tolerance), so two measurements of the same model do not swap the alias."""
 
 
 def _published(uri: str, stage: str, variant: str = "") -> StageResult | None:
@@ -460,7 +463,7 @@ def register_stage(
         promote, why = True, f"v{version.version} is already the champion"
     else:
         previous = _champion_now(config, ctx, champion, export) if champion else None
-        promote, why = beats_champion(row, previous, config.objective)
+        promote, why = beats_champion(row, previous, config.objective, min_gain=CHAMPION_MIN_GAIN)
     registry.set_aliases(name, version.version, promote)
     logger.info("registered %s v%s (%s); champion: %s", name, version.version, row["variant"], why)
     experiment_id, parent_id = parent

@@ -648,34 +648,42 @@ def _create_bucket(client: Any, bucket: str) -> bool:
     return True
 
 
+BENCHMARK_POOL = ("tfopt_benchmark", "1", "one benchmark at a time, so variants never compete")
+
+
 def prepare_airflow(config: StackConfig, env: dict[str, str]) -> None:
-    """`airflow db migrate` into AIRFLOW_HOME (SQLite), once per Airflow version."""
+    """`airflow db migrate` into AIRFLOW_HOME (SQLite) and the benchmark pool, once per version."""
     version = importlib.metadata.version("apache-airflow")
     marker = config.airflow_home / ".tfopt-migrated"
     database = config.airflow_home / "airflow.db"
-    if database.exists() and marker.exists() and marker.read_text().strip() == version:
+    stamp = f"{version} pool={BENCHMARK_POOL[0]}"
+    if database.exists() and marker.exists() and marker.read_text().strip() == stamp:
         say(f"  airflow: database ready in {config.airflow_home}")
         return
     started = time.monotonic()
     log_path = config.log_dir / "airflow-migrate.log"
-    with open(log_path, "ab") as log:
-        result = subprocess.run(
-            [str(BIN / "airflow"), "db", "migrate"],
-            cwd=config.stack_dir,
-            env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=600,
-            check=False,
-        )
-    if result.returncode != 0:
-        raise StackError(
-            f"`airflow db migrate` failed ({result.returncode}); last lines of {log_path}:\n"
-            f"{log_tail(log_path)}"
-        )
-    marker.write_text(version + "\n")
-    say(f"  airflow: database migrated in {time.monotonic() - started:.1f} s")
+    for args in (["db", "migrate"], ["pools", "set", *BENCHMARK_POOL]):
+        with open(log_path, "ab") as log:
+            result = subprocess.run(
+                [str(BIN / "airflow"), *args],
+                cwd=config.stack_dir,
+                env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise StackError(
+                f"`airflow {' '.join(args)}` failed ({result.returncode}); last lines of "
+                f"{log_path}:\n{log_tail(log_path)}"
+            )
+    marker.write_text(stamp + "\n")
+    say(
+        f"  airflow: database migrated, pool {BENCHMARK_POOL[0]} set "
+        f"({time.monotonic() - started:.1f} s)"
+    )
 
 
 def airflow_login(config: StackConfig) -> tuple[str, str] | None:
