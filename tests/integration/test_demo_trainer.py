@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
+def demo_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     summary = bundle.write_demo_bundle(out, n_eval=50, n_calibration=20, shard_size=16, tiny=True)
     return out, summary
@@ -22,14 +22,14 @@ def test_tiny_training_reports_metrics():
     model, metrics = train(TrainConfig.tiny())
     assert model.inputs[0].name == INPUT_NAME
     assert model.outputs[0].shape == (None, shapes.NUM_CLASSES)
-    assert 0.0 <= metrics["heldout_top1"] <= 1.0
-    assert metrics["train_seconds"] > 0
+    assert 0.0 <= metrics["held_out_top1"] <= 1.0
+    assert metrics["train_s"] > 0
     assert metrics["params"] == model.count_params()
     assert len(metrics["history"]["loss"]) == TrainConfig.tiny().epochs
 
 
-def test_bundle_layout_and_summary(tiny_bundle):
-    out, summary = tiny_bundle
+def test_bundle_layout_and_summary(demo_bundle):
+    out, summary = demo_bundle
     assert (out / "model" / "model.keras").is_file()
     assert summary["input_name"] == INPUT_NAME
     assert summary["n_eval"] == 50 and summary["eval_shards"] == 4
@@ -47,11 +47,11 @@ def _load_shards(directory):
     return shards
 
 
-def test_shards_match_the_exported_serving_signature(tiny_bundle, tmp_path):
+def test_shards_match_the_exported_serving_signature(demo_bundle, tmp_path):
     import keras
     import tensorflow as tf
 
-    out, summary = tiny_bundle
+    out, summary = demo_bundle
     model = keras.saving.load_model(out / "model" / "model.keras")
     model.export(tmp_path / "saved_model", verbose=False)
     signature = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
@@ -74,11 +74,11 @@ def test_shards_match_the_exported_serving_signature(tiny_bundle, tmp_path):
     probabilities = next(iter(served.values())).numpy()
     np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1e-5)
     top1 = float(np.mean(probabilities.argmax(axis=-1) == labels))
-    assert top1 == pytest.approx(summary["heldout_top1"])
+    assert top1 == pytest.approx(summary["held_out_top1"])
 
 
-def test_eval_and_calibration_data_differ(tiny_bundle):
-    out, _ = tiny_bundle
+def test_eval_and_calibration_data_differ(demo_bundle):
+    out, _ = demo_bundle
     eval_images = _load_shards(out / "eval")[0][INPUT_NAME]
     calibration_images = _load_shards(out / "calibration")[0][INPUT_NAME]
     assert not np.allclose(eval_images, calibration_images)
