@@ -65,7 +65,7 @@ def test_parsing_a_dag_file_is_light_and_fast(dag_file):
 
 
 def test_optimize_model_has_the_expected_shape(dagbag):
-    dag = dagbag.get_dag("optimize_model")
+    dag = dagbag.dags["optimize_model"]
     upstream = {task.task_id: set(task.upstream_task_ids) for task in dag.tasks}
     assert upstream["export"] == {"resolve_config"}
     assert upstream["prepare_data"] == {"resolve_config", "export"}
@@ -94,7 +94,7 @@ def test_the_trigger_form_refuses_bad_params(dagbag):
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = dagbag.get_dag("optimize_model").params
+    params = dagbag.dags["optimize_model"].params
     assert isinstance(params, ParamsDict)
     copy.deepcopy(params).validate()  # the defaults are valid
     bad = {

@@ -122,7 +122,14 @@ def plugin() -> Any:
 
 @pytest.fixture
 def s3_env(monkeypatch: pytest.MonkeyPatch, plugin: Any) -> None:
-    for name in ("TFOPT_S3_ENDPOINT_URL", "TFOPT_RUN_ROOT", "TFOPT_MLFLOW_UI_URL"):
+    for name in (
+        "TFOPT_S3_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "TFOPT_RUN_ROOT",
+        "TFOPT_MLFLOW_UI_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

