@@ -26,6 +26,8 @@ test: install  ## run the test suite against a real local stack (started and sto
 	@.venv/bin/pytest -m gpu tests/gpu -rs
 
 up: install  ## start S3 + MLflow + the Airflow UI on localhost:8080 and print the login
+	@$(STACK) up
+	@source $(STACK_ENV) && .venv/bin/tfopt demo-data --if-missing
 	@$(STACK) up --airflow
 
 down:  ## stop everything `make up` / `make demo` started
@@ -41,3 +43,7 @@ lint: install  ## ruff check + format check
 format: install  ## apply ruff's formatting and safe fixes
 	@.venv/bin/ruff check --fix .
 	@.venv/bin/ruff format .
+
+bench: install  ## measure the demo model on this machine: speed-ups, accuracy, costs -> bench/out/
+	@$(STACK) up
+	@source "$(STACK_ENV)" && .venv/bin/python -m bench.run $(BENCH_ARGS)

@@ -59,6 +59,11 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         help="where to publish (default s3://$TFOPT_BUCKET/demo)",
     )
     p.add_argument("--tiny", action="store_true", help="a tiny, fast model (for tests)")
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing when a demo model is already published there",
+    )
     p.add_argument("--seed", type=int, default=0, help="data and training seed")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
 
@@ -170,9 +175,14 @@ def _run_show(args: argparse.Namespace) -> int:
 
 def _run_demo_data(args: argparse.Namespace) -> int:
     from tasks.demo.publish import publish_demo
+    from tasks.storage import read_manifest
 
     bucket = os.environ.get("TFOPT_BUCKET", "tfopt")
-    result = publish_demo(args.output_uri or f"s3://{bucket}/demo", tiny=args.tiny, seed=args.seed)
+    output_uri = (args.output_uri or f"s3://{bucket}/demo").rstrip("/")
+    if args.if_missing and read_manifest(f"{output_uri}/model") is not None:
+        print(f"demo already published at {output_uri}", file=sys.stderr)
+        return 0
+    result = publish_demo(output_uri, tiny=args.tiny, seed=args.seed)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
