@@ -120,12 +120,17 @@ def validate(
 @task(pool=BENCHMARK_POOL)
 @user_errors_fail_fast
 def benchmark(
-    conversion: dict[str, Any], settings: dict[str, Any], exported: dict[str, Any]
+    conversion: dict[str, Any],
+    settings: dict[str, Any],
+    exported: dict[str, Any],
+    data: dict[str, Any],
 ) -> dict[str, Any]:
     from tasks.stages import benchmark_stage
 
     config, run = _config_and_run(settings)
-    return benchmark_stage(config, run, _result(conversion), _result(exported)).to_dict()
+    return benchmark_stage(
+        config, run, _result(conversion), _result(exported), _result(data)
+    ).to_dict()
 
 
 @task(trigger_rule="none_failed")
@@ -200,7 +205,7 @@ def optimize_model():
         )
         measured = (
             benchmark.override(task_id=f"benchmark_{lane}", **extra)
-            .partial(settings=settings, exported=exported)
+            .partial(settings=settings, exported=exported, data=data)
             .expand(conversion=converted)
         )
         results[lane] = (converted, validated, measured)

@@ -105,27 +105,45 @@ def check_shard(path: Path, signature: Signature, *, require_labels: bool) -> in
 
 
 def open_dataset(
-    uri: str, local_dir: Path, signature: Signature, *, require_labels: bool
+    uri: str,
+    local_dir: Path,
+    signature: Signature,
+    *,
+    require_labels: bool,
+    checked: tuple[str, int] | None = None,
 ) -> ShardSet:
     """Fetch a folder of `.npz` shards and check every shard against the signature.
 
+    Args:
+        checked: `(digest, num_samples)` from a full check of the same data earlier in the run.
+            The shards are then only digested and compared with it, not read again.
+
     Raises:
-        UserInputError: the URI holds no shards, or a shard does not fit the signature.
+        UserInputError: the URI holds no shards, a shard does not fit the signature, or the
+            data changed since it was checked.
     """
     local = Path(storage.fetch_tree(uri, local_dir, require_manifest=False))
     shards = tuple(sorted(local.rglob("*.npz"))) if local.is_dir() else (local,)
     if not shards or shards[0].suffix != ".npz":
         raise UserInputError(f"no .npz shards found at {uri}; a data set is a folder of .npz")
+    digest = storage.tree_digest(
+        {
+            shard.relative_to(shards[0].parent).as_posix(): storage.sha256_file(shard)
+            for shard in shards
+        }
+    )
+    if checked is not None:
+        if digest != checked[0]:
+            raise UserInputError(
+                f"the data at {uri} changed during this run (digest {digest[:12]}, checked "
+                f"{checked[0][:12]}); do not modify inputs while a run uses them"
+            )
+        return ShardSet(uri, shards, checked[1], require_labels, digest)
     total = 0
     has_labels = True
     for shard in shards:
         total += check_shard(shard, signature, require_labels=require_labels)
         has_labels = has_labels and LABELS in np.load(shard, allow_pickle=False).files
-    digests = {
-        shard.relative_to(shards[0].parent).as_posix(): storage.sha256_file(shard)
-        for shard in shards
-    }
-    digest = storage.tree_digest(digests)
     logger.info("%s: %d shard(s), %d samples, digest %s", uri, len(shards), total, digest[:12])
     return ShardSet(uri, shards, total, has_labels, digest)
 

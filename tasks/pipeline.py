@@ -77,7 +77,13 @@ def optimize(
         )
         benchmarks.append(
             steps.run(
-                f"{spec.name} benchmark", stages.benchmark_stage, config, ctx, conversion, export
+                f"{spec.name} benchmark",
+                stages.benchmark_stage,
+                config,
+                ctx,
+                conversion,
+                export,
+                data,
             )
         )
     rows = stages.collect_rows(conversions, validations, benchmarks)

@@ -212,6 +212,16 @@ def _load_variant(
     return get_backend(spec.backend).load(Path(local), signature, config.num_threads), signature
 
 
+def _eval_data(config: PipelineConfig, ctx: RunContext, data: StageResult, signature: Signature):
+    """The eval data as the data stage checked it (digest compared, shards not re-read)."""
+    from tasks.datasets import open_dataset
+
+    checked = (data.metrics["eval_digest"], data.metrics["eval_samples"])
+    return open_dataset(
+        config.eval_data_uri, ctx.local("eval"), signature, require_labels=True, checked=checked
+    )
+
+
 def _not_ok(stage: str, upstream: StageResult) -> StageResult:
     return StageResult(stage, upstream.status, reason=upstream.reason, variant=upstream.variant)
 
@@ -224,7 +234,7 @@ def validate_stage(
     data: StageResult,
 ) -> StageResult:
     """Compare one variant's outputs on the eval data with the baseline's reference outputs."""
-    from tasks.datasets import iter_batches, open_dataset
+    from tasks.datasets import iter_batches
     from tasks.validate import ValidationAccumulator
 
     if not conversion:
@@ -234,9 +244,7 @@ def validate_stage(
     if done := _published(uri, "validate", spec.name):
         return done
     runner, signature = _load_variant(config, ctx, conversion, export)
-    eval_data = open_dataset(
-        config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
-    )
+    eval_data = _eval_data(config, ctx, data, signature)
     reference_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
     with np.load(reference_dir / REFERENCE_FILE, allow_pickle=False) as ref:
         reference = {name: ref[name] for name in ref.files}
@@ -266,10 +274,11 @@ def benchmark_stage(
     ctx: RunContext,
     conversion: StageResult,
     export: StageResult,
+    data: StageResult,
 ) -> StageResult:
     """Measure one variant's latency and throughput per batch size on real eval inputs."""
     from tasks.benchmark import BenchmarkSettings, benchmark_variant
-    from tasks.datasets import open_dataset, sample_feeds
+    from tasks.datasets import sample_feeds
     from tasks.hardware import describe_hardware, hardware_class
 
     if not conversion:
@@ -279,9 +288,7 @@ def benchmark_stage(
     if done := _published(uri, "benchmark", spec.name):
         return done
     runner, signature = _load_variant(config, ctx, conversion, export)
-    eval_data = open_dataset(
-        config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
-    )
+    eval_data = _eval_data(config, ctx, data, signature)
     feeds_by_batch = {
         size: sample_feeds(eval_data, size, BENCHMARK_DISTINCT_BATCHES)
         for size in config.batch_sizes
@@ -347,13 +354,12 @@ def select_stage(config: PipelineConfig, rows: list[dict[str, Any]]) -> dict[str
     return selection.to_dict()
 
 
-def _example_input(config: PipelineConfig, ctx: RunContext, signature: Signature) -> dict:
-    from tasks.datasets import open_dataset, sample_feeds
+def _example_input(
+    config: PipelineConfig, ctx: RunContext, data: StageResult, signature: Signature
+) -> dict:
+    from tasks.datasets import sample_feeds
 
-    eval_data = open_dataset(
-        config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
-    )
-    return sample_feeds(eval_data, 1, 1)[0]
+    return sample_feeds(_eval_data(config, ctx, data, signature), 1, 1)[0]
 
 
 def _version_tags(
@@ -392,12 +398,21 @@ def _version_tags(
 
 
 def _champion_now(
-    config: PipelineConfig, ctx: RunContext, champion: Any, export: StageResult
+    config: PipelineConfig,
+    ctx: RunContext,
+    champion: Any,
+    export: StageResult,
+    data: StageResult,
+    hardware_class: str,
 ) -> dict[str, Any]:
-    """The current champion's figures, re-measured in this run when it runs on this hardware."""
+    """The current champion's figures, re-measured in this run on this worker when it can be.
+
+    Falls back to the figures recorded in its tags (and their hardware class) when it cannot be
+    loaded here, e.g. a TF-TRT champion seen from a CPU worker.
+    """
     from tasks.backends import get_backend
     from tasks.benchmark import BenchmarkSettings, benchmark_variant
-    from tasks.datasets import open_dataset, sample_feeds
+    from tasks.datasets import sample_feeds
 
     tags = champion.tags or {}
     recorded = {
@@ -411,9 +426,7 @@ def _champion_now(
         local = storage.fetch_tree(tags["variant_uri"], ctx.local("champion", champion.version))
         _, signature = _fetch_export(export, ctx)
         runner = get_backend(spec.backend).load(Path(local), signature, config.num_threads)
-        eval_data = open_dataset(
-            config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
-        )
+        eval_data = _eval_data(config, ctx, data, signature)
         feeds = {1: sample_feeds(eval_data, 1, BENCHMARK_DISTINCT_BATCHES)}
         report = benchmark_variant(runner, feeds, BenchmarkSettings())[1]
     except Exception as exc:  # noqa: BLE001 - fall back to the champion's recorded figures
@@ -422,7 +435,12 @@ def _champion_now(
         )
         return recorded
     logger.info("champion v%s re-measured: p50 %.3f ms", champion.version, report.p50_ms)
-    return {**recorded, "p50_ms": report.p50_ms, "throughput": report.throughput}
+    return {
+        **recorded,
+        "p50_ms": report.p50_ms,
+        "throughput": report.throughput,
+        "hardware_class": hardware_class,
+    }
 
 
 def register_stage(
@@ -453,7 +471,7 @@ def register_stage(
                 variant_dir,
                 export_dir,
                 row,
-                _example_input(config, ctx, Signature.read(export_dir)),
+                _example_input(config, ctx, data, Signature.read(export_dir)),
                 config.num_threads,
             )
         version = registry.register_version(
@@ -462,7 +480,11 @@ def register_stage(
     if champion is not None and champion.version == version.version:
         promote, why = True, f"v{version.version} is already the champion"
     else:
-        previous = _champion_now(config, ctx, champion, export) if champion else None
+        previous = (
+            _champion_now(config, ctx, champion, export, data, row["hardware_class"])
+            if champion
+            else None
+        )
         promote, why = beats_champion(row, previous, config.objective, min_gain=CHAMPION_MIN_GAIN)
     registry.set_aliases(name, version.version, promote)
     logger.info("registered %s v%s (%s); champion: %s", name, version.version, row["variant"], why)

@@ -77,7 +77,12 @@ def test_optimize_model_has_the_expected_shape(dagbag):
             "prepare_data",
             f"convert_{lane}",
         }
-        assert upstream[f"benchmark_{lane}"] == {"resolve_config", "export", f"convert_{lane}"}
+        assert upstream[f"benchmark_{lane}"] == {
+            "resolve_config",
+            "export",
+            "prepare_data",
+            f"convert_{lane}",
+        }
     assert {
         f"{s}_{lane}" for s in ("convert", "validate", "benchmark") for lane in ("cpu", "gpu")
     } < (upstream["select"])
