@@ -552,8 +552,10 @@ def report_stage(
     out_dir = ctx.local("report")
     paths = write_report(rows, selection["chosen"], info, out_dir)
     client = MlflowClient()
+    parent_run_id = registration.metrics["mlflow_run_id"]
     for path in paths.values():
-        client.log_artifact(registration.metrics["mlflow_run_id"], str(path), "report")
+        client.log_artifact(parent_run_id, str(path), "report")
+    client.set_terminated(parent_run_id, "FINISHED")
     result = StageResult(
         stage="report",
         status=Status.OK,
