@@ -22,8 +22,7 @@ demo: install  ## start the local stack, train the demo model, optimise it, prin
 
 test: install  ## run the test suite against a real local stack (started and stopped by the tests)
 	@bash infra/local/install-browser.sh
-	@.venv/bin/pytest -m "not gpu" tests
-	@.venv/bin/pytest -m gpu tests/gpu -rs
+	@.venv/bin/pytest tests
 
 up: install  ## start S3 + MLflow + the Airflow UI on localhost:8080 and print the login
 	@$(STACK) up

@@ -15,6 +15,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tasks import storage
 from tasks.config import PipelineConfig, RunContext, VariantSpec
 from tasks.errors import TransientError
 
@@ -124,6 +125,10 @@ def log_variant_runs(
         for key, value in _numeric_metrics(row).items():
             client.log_metric(run_id, key, value)
         client.log_dict(run_id, row, "variant.json")
+        for key in ("validation_uri", "benchmark_uri"):
+            if row.get(key):
+                name = key.removesuffix("_uri") + ".json"
+                client.log_dict(run_id, storage.get_json(row[key]), name)
         client.set_terminated(run_id, "FINISHED")
         runs[spec.name] = run_id
     return runs
