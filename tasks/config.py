@@ -230,6 +230,12 @@ class RunContext:
     def uri(self, *parts: str) -> str:
         return "/".join([self.root_uri, *parts])
 
+    def cleanup(self) -> None:
+        """Remove this worker's scratch space of the run (published artifacts stay in S3)."""
+        import shutil
+
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
     def local(self, *parts: str) -> Path:
         path = Path(self.work_dir, *parts)
         path.mkdir(parents=True, exist_ok=True)

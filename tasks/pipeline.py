@@ -92,6 +92,7 @@ def optimize(
         "register", stages.register_stage, config, ctx, export, data, rows, selection
     )
     report = steps.run("report", stages.report_stage, config, ctx, rows, selection, registration)
+    ctx.cleanup()
     return {
         "run_id": ctx.run_id,
         "root_uri": ctx.root_uri,
