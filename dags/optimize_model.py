@@ -170,6 +170,7 @@ def report(settings: dict[str, Any], selected: dict, registered: dict) -> dict[s
 
     config, run = _config_and_run(settings)
     result = report_stage(config, run, selected["rows"], selected["selection"], _result(registered))
+    run.cleanup()
     return {**result.to_dict(), "report_uri": result.uris["report_uri"]}
 
 
