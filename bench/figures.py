@@ -1,0 +1,177 @@
+"""The benchmark's figures from the measured runs, and the targets they are judged against."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tasks.config import BASELINE
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure and its target; `passed` is None when it could not be measured."""
+
+    name: str
+    value: float | None
+    unit: str
+    target: str
+    passed: bool | None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    if num is None or den is None or not den or not math.isfinite(float(num)):
+        return None
+    return float(num) / float(den)
+
+
+def _batch(row: dict[str, Any], key: str, size: int) -> float | None:
+    values = row.get(key) or {}
+    return values.get(size, values.get(str(size)))
+
+
+def variant_figures(
+    row: dict[str, Any], base: dict[str, Any], flops: int, peak_gflops: float
+) -> dict[str, Any]:
+    """Speed-ups, accuracy, size and efficiency of one variant vs the baseline row."""
+    p50_1, p50_8 = _batch(row, "p50_ms_by_batch", 1), _batch(row, "p50_ms_by_batch", 8)
+    gflops_1 = _ratio(flops / 1e9, p50_1 / 1e3) if p50_1 else None
+    gflops_8 = _ratio(8 * flops / 1e9, p50_8 / 1e3) if p50_8 else None
+    delta = row.get("metric_delta")
+    return {
+        "variant": row["variant"],
+        "status": row["status"],
+        "reason": row.get("reason") or "",
+        "p50_ms_b1": p50_1,
+        "p99_ms_b1": row.get("p99_ms"),
+        "p50_ms_b8": p50_8,
+        "speedup_b1": _ratio(_batch(base, "p50_ms_by_batch", 1), p50_1),
+        "speedup_b8": _ratio(_batch(base, "p50_ms_by_batch", 8), p50_8),
+        "throughput": row.get("throughput"),
+        "throughput_ratio": _ratio(row.get("throughput"), base.get("throughput")),
+        "top1": row.get("metric"),
+        "top1_drop_points": -100 * delta + 0.0 if delta is not None else None,
+        "size_bytes": row.get("size_bytes"),
+        "size_ratio": _ratio(row.get("size_bytes"), base.get("size_bytes")),
+        "gflops_b1": gflops_1,
+        "efficiency_b1": _ratio(gflops_1, peak_gflops),
+        "gflops_b8": gflops_8,
+        "efficiency_b8": _ratio(gflops_8, peak_gflops),
+        "conversion_s": row.get("conversion_s"),
+    }
+
+
+def all_variant_figures(
+    rows: list[dict[str, Any]], flops: int, peak_gflops: float
+) -> list[dict[str, Any]]:
+    """`variant_figures` for every row of one run (the baseline row must be present)."""
+    base = next(row for row in rows if row["variant"] == BASELINE)
+    return [variant_figures(row, base, flops, peak_gflops) for row in rows]
+
+
+def _check(
+    name: str,
+    value: float | None,
+    unit: str,
+    target: str,
+    ok: Callable[[float], bool],
+    note: str = "",
+) -> Figure:
+    passed = None if value is None else bool(ok(value))
+    return Figure(name, value, unit, target, passed, note)
+
+
+def target_figures(bench: dict[str, Any]) -> list[Figure]:
+    """Every targeted figure of the benchmark, judged (see the issue's targets)."""
+    chosen = bench["selected"]
+    by_variant = {v["variant"]: v for v in bench["variants"]}
+    sel = by_variant[chosen]
+    int8 = by_variant.get("tflite:int8", {})
+    cost = bench["pipeline_cost"]
+    worst_tool = max(
+        (h for h in bench["harness_vs_tool"]),
+        key=lambda h: abs(h["ratio"] - 1.0),
+        default=None,
+    )
+    repeat = next((r for r in bench["repeatability"] if r["variant"] == chosen), None)
+    return [
+        _check(f"speed-up b1 ({chosen})", sel["speedup_b1"], "x", ">= 5x", lambda v: v >= 5),
+        _check(f"top-1 drop ({chosen})", sel["top1_drop_points"], "pt", "<= 1.0", lambda v: v <= 1),
+        _check("INT8 size / FP32", int8.get("size_ratio"), "x", "<= 0.3x", lambda v: v <= 0.3),
+        _check(
+            f"efficiency b1 ({chosen})",
+            _pct(sel["efficiency_b1"]),
+            "% peak",
+            ">= 40%",
+            lambda v: v >= 40,
+            _efficiency_note(chosen, by_variant),
+        ),
+        _check(
+            f"harness/tool p50 ({worst_tool['variant']})" if worst_tool else "harness/tool p50",
+            worst_tool["ratio"] if worst_tool else None,
+            "x",
+            "within 10%",
+            lambda v: abs(v - 1) <= 0.10,
+            "worst tflite variant; harness and tool back to back, median of rounds",
+        ),
+        _check(
+            f"repeatability p50 ({chosen})",
+            repeat["ratio"] if repeat else None,
+            "x",
+            "within 5%",
+            lambda v: abs(v - 1) <= 0.05,
+            "DAG run / CLI run",
+        ),
+        _check(
+            "orchestration overhead (DAG)",
+            _pct(cost["dag"]["overhead_share"]),
+            "% wall",
+            "<= 20%",
+            lambda v: v <= 20,
+            f"stages = {cost['dag'].get('stage_source', '?')}",
+        ),
+        _check("DAG parse", cost["dag_parse"]["best_s"], "s", "<= 0.3 s", lambda v: v <= 0.3),
+    ]
+
+
+def _efficiency_note(chosen: str, by_variant: dict[str, dict[str, Any]]) -> str:
+    """Says what the efficiency compares; INT8 MACs are not FP32 FLOPs."""
+    note = "model FLOPs / p50 vs the FP32 matmul peak"
+    fp32 = by_variant.get("tflite:fp32", {}).get("efficiency_b1")
+    if chosen.endswith(":int8") and fp32 is not None:
+        note += f"; INT8 runs VNNI dot products, up to 4x the FP32 rate (tflite:fp32 {fp32:.0%})"
+    return note
+
+
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
+def cost_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """Wall time, the stages' own time and the orchestration overhead of one pipeline run."""
+    wall, stages = run["wall_s"], run["stage_sum_s"]
+    return {
+        "wall_s": wall,
+        "stage_sum_s": stages,
+        "overhead_s": round(wall - stages, 2),
+        "overhead_share": (wall - stages) / wall if wall else None,
+        **{
+            k: run[k]
+            for k in (
+                "in_process_s",
+                "dag_run_s",
+                "task_duration_sum_s",
+                "stage_source",
+                "task_bodies_found",
+            )
+            if k in run
+        },
+        "stages": run["stages"],
+        "log": run["log"],
+    }

@@ -1,0 +1,107 @@
+"""LiteRT's own benchmark tool (`litert-benchmark`, shipped with ai-edge-litert) on a .tflite.
+
+The tool (`ai_edge_litert.tools.benchmark_litert_model`) runs the model through LiteRT's
+CompiledModel API with its own warm-up and timing loop, and reports latencies rounded to 0.01 ms.
+At sub-millisecond latencies that rounding is a few percent, so this module runs the tool's own
+`run_benchmark` in a fresh process and keeps the unrounded per-run times it passes to
+`statistics.median`. Standalone:
+
+    python -m bench.litert_tool path/to/model.tflite --threads 2    # prints JSON on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.orchestration import BenchError, child_env
+
+NUM_RUNS = 1000
+WARMUP_RUNS = 100
+
+
+class _RecordingStatistics:
+    """Stands in for the tool's `statistics` module; keeps the per-run times it is given."""
+
+    def __init__(self) -> None:
+        self.times_ms: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(statistics, name)
+
+    def median(self, data: list[float]) -> float:
+        self.times_ms = list(data)
+        return statistics.median(data)
+
+
+def _run_in_process(model: Path, threads: int) -> dict[str, Any]:
+    from ai_edge_litert.tools import benchmark_litert_model as tool
+
+    recorder = _RecordingStatistics()
+    tool.statistics = recorder
+    argv = [
+        "litert-benchmark",
+        f"--model={model}",
+        f"--num_threads={threads}",
+        f"--num_runs={NUM_RUNS}",
+        f"--warmup_runs={WARMUP_RUNS}",
+    ]
+    with contextlib.redirect_stdout(sys.stderr), _argv(argv):
+        reported = tool.run_benchmark(tool.parse_args())
+    ms = np.asarray(recorder.times_ms)
+    return {
+        "tool": "litert-benchmark (ai_edge_litert.tools.benchmark_litert_model, CompiledModel)",
+        "num_threads": threads,
+        "num_runs": int(ms.size),
+        "warmup_runs": WARMUP_RUNS,
+        "p50_ms": float(np.median(ms)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "reported_median_ms": reported["latency"]["median_ms"],
+        "fully_accelerated": reported.get("fully_accelerated"),
+    }
+
+
+@contextlib.contextmanager
+def _argv(argv: list[str]):
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def run_tool(model: Path, threads: int) -> dict[str, Any]:
+    """Run the tool on `model` (CPU, `threads` threads) in a fresh process; latencies in ms."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.litert_tool", str(model), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"litert-benchmark failed on {model}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(json.dumps(_run_in_process(args.model, args.threads)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The benchmark's output: the tables printed on stdout and the PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.figures import Figure
+from tasks.config import BASELINE
+
+
+def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+_VARIANT_HEADER = [
+    "variant", "status", "p50 b1 ms", "p50 b8 ms", "x b1", "x b8", "x thrpt", "top-1", "drop pt",
+    "size MB", "x size", "GFLOP/s b1", "% peak", "conv s", "tool p50", "harn/tool", "pipe/tool",
+    "rerun",
+]  # fmt: skip
+
+
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
+def _variant_cells(v: dict[str, Any], tool: dict[str, Any], rerun: dict[str, Any]) -> list[str]:
+    return [
+        _ms(v["p50_ms_b1"]),
+        _ms(v["p50_ms_b8"]),
+        _fmt(v["speedup_b1"]),
+        _fmt(v["speedup_b8"]),
+        _fmt(v["throughput_ratio"]),
+        _fmt(v["top1"], ".4f"),
+        _fmt(v["top1_drop_points"], "+.2f"),
+        _fmt(v["size_bytes"] and v["size_bytes"] / 1e6, ".2f"),
+        _fmt(v["size_ratio"], ".3f"),
+        _fmt(v["gflops_b1"], ".1f"),
+        _fmt(_pct(v["efficiency_b1"]), ".1f"),
+        _fmt(v["conversion_s"], ".1f"),
+        _ms(tool.get("tool_p50_ms")),
+        _fmt(tool.get("ratio"), ".3f"),
+        _fmt(tool.get("pipeline_vs_tool"), ".3f"),
+        _fmt(rerun.get("ratio"), ".3f"),
+    ]
+
+
+def variants_table(bench: dict[str, Any]) -> str:
+    """Per variant: latency, speed-ups, throughput, top-1, size, efficiency, harness checks.
+
+    Ratios are vs tf:fp32 (`x b1`, `x b8`: p50 ratios; `x thrpt`: best throughput ratio);
+    `harn/tool`: tfopt's harness p50 / LiteRT's tool p50, back to back (median of rounds);
+    `pipe/tool`: the CLI run's p50 / the tool's; `rerun`: the DAG run's p50 / the CLI run's.
+    """
+    tool = {h["variant"]: h for h in bench["harness_vs_tool"]}
+    rerun = {r["variant"]: r for r in bench["repeatability"]}
+    rows = []
+    for v in bench["variants"]:
+        name = v["variant"] + (" *" if v["variant"] == bench["selected"] else "")
+        if v["status"] != "OK":
+            rows.append([name, v["status"]] + ["-"] * (len(_VARIANT_HEADER) - 2))
+        else:
+            cells = _variant_cells(v, tool.get(v["variant"], {}), rerun.get(v["variant"], {}))
+            rows.append([name, v["status"], *cells])
+    return _table(_VARIANT_HEADER, rows)
+
+
+def conversion_line(costs: list[dict[str, Any]]) -> str:
+    """Conversion seconds per variant (converter only, and the whole convert stage)."""
+    parts = []
+    for c in costs:
+        text = f"{c['variant']} {_fmt(c['conversion_s'], '.1f')} s"
+        text += f" (stage {_fmt(c['convert_stage_s'], '.1f')} s)"
+        if c.get("calibration_samples"):
+            text += (
+                f", calibration on {c['calibration_samples']} samples ~"
+                f"{_fmt(c.get('calibration_estimate_s'), '.1f')} s over FP32"
+            )
+        parts.append(text)
+    return "conversion: " + "; ".join(parts)
+
+
+def targets_table(figures: list[Figure]) -> str:
+    """Each targeted figure, its target and PASS / MISS (n/a when it could not be measured)."""
+    rows = []
+    for f in figures:
+        verdict = "n/a" if f.passed is None else ("PASS" if f.passed else "MISS")
+        value = _fmt(f.value, ".3f" if f.unit in ("x", "s") else ".2f")
+        rows.append([f.name, f"{value} {f.unit}", f.target, verdict, f.note])
+    return _table(["figure", "value", "target", "result", "note"], rows)
+
+
+def cost_table(cost: dict[str, Any]) -> str:
+    """Wall time vs the stages' own time for the CLI and the DAG run, and the DAG parse time."""
+    cli, dag = cost["cli"], cost["dag"]
+    runs = [
+        ("tfopt optimize (CLI)", cli, "stage timings"),
+        ("airflow dags test", dag, dag.get("stage_source", "")),
+    ]
+    rows = [
+        [
+            name,
+            _fmt(run["wall_s"], ".1f"),
+            _fmt(run["stage_sum_s"], ".1f"),
+            _fmt(run["overhead_s"], ".1f"),
+            _fmt(_pct(run["overhead_share"]), ".1f", "%"),
+            source,
+        ]
+        for name, run, source in runs
+    ]
+    if "task_duration_sum_s" in dag:
+        wall, tasks = dag["wall_s"], dag["task_duration_sum_s"]
+        overhead = f"{100 * (wall - tasks) / wall:.1f}%"
+        row = ["  (same, by Airflow's task durations)", _fmt(wall, ".1f"), _fmt(tasks, ".1f")]
+        rows.append([*row, _fmt(wall - tasks, ".1f"), overhead, "task_instance.duration"])
+    parse = cost["dag_parse"]
+    label = f"DAG file parse (best of {len(parse['all_s'])})"
+    rows.append([label, _fmt(parse["best_s"], ".3f"), "", "", "", "after import airflow.sdk"])
+    header = ["pipeline run", "wall s", "stages s", "overhead s", "overhead", "stages from"]
+    return _table(header, rows)
+
+
+def _latency_panel(axis: Any, measured: list[dict[str, Any]], colors: list[str]) -> None:
+    from matplotlib import ticker
+
+    p50 = [v["p50_ms_b1"] for v in measured]
+    bars = axis.bar([v["variant"] for v in measured], p50, color=colors)
+    axis.set_yscale("log")
+    axis.set_ylim(min(p50) / 2, max(p50) * 3)
+    axis.set_ylabel("p50 latency at batch 1 (ms, log scale)")
+    axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axis.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+    axis.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+    axis.tick_params(axis="y", which="minor", labelsize=7)
+    labels = [f"{v['p50_ms_b1']:.3f} ms\n{v['speedup_b1']:.1f}x" for v in measured]
+    axis.bar_label(bars, labels=labels, fontsize=8)
+
+
+def _accuracy_panel(axis: Any, measured: list[dict[str, Any]], colors: list[str]) -> None:
+    top1 = [100 * v["top1"] for v in measured]
+    bars = axis.bar([v["variant"] for v in measured], top1, color=colors)
+    base = next(v for v in measured if v["variant"] == BASELINE)
+    labels = [f"{t:.1f}%\n{t - 100 * base['top1']:+.1f} pt" for t in top1]
+    axis.bar_label(bars, labels=labels, fontsize=8)
+    axis.axhline(100 * base["top1"], color="black", lw=0.8, label="baseline")
+    axis.axhline(100 * base["top1"] - 1.0, color="red", ls="--", lw=0.8, label="baseline - 1 pt")
+    axis.set_ylim(min(top1) - 3, 101.5)
+    axis.set_ylabel("top-1 on the eval set (%)")
+    axis.legend(loc="lower left", fontsize=8)
+
+
+def write_plot(bench: dict[str, Any], path: Path) -> Path:
+    """Two panels per measured variant: p50 at batch 1 (log scale) and top-1 with the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [v for v in bench["variants"] if v["status"] == "OK"]
+    colors = ["tab:orange" if v["variant"] == bench["selected"] else "tab:blue" for v in measured]
+    fig, (lat, acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _latency_panel(lat, measured, colors)
+    _accuracy_panel(acc, measured, colors)
+    for axis in (lat, acc):
+        axis.tick_params(axis="x", labelrotation=20, labelsize=8)
+    skipped = [v["variant"] for v in bench["variants"] if v["status"] != "OK"]
+    fig.suptitle(
+        f"tfopt demo model on {bench['machine']['cpu_model']} "
+        f"({bench['config']['num_threads']} threads); selected {bench['selected']} (orange)"
+        + (f"\nnot measured: {', '.join(skipped)}" if skipped else ""),
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
