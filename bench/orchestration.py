@@ -7,7 +7,6 @@ the rest of the wall time is orchestration overhead.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -29,7 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DAG_ID = "optimize_model"
 DB_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
-BENCHMARK_POOL = os.environ.get("TFOPT_BENCHMARK_POOL", "tfopt_benchmark")
 RUN_TIMEOUT_S = 40 * 60
 _PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\] (.+): (\w+) \(([\d.]+) s\)")
 _LOG_LINE = re.compile(
@@ -108,26 +106,11 @@ def run_cli(params: dict[str, Any], log_path: Path) -> dict[str, Any]:
     }
 
 
-def private_airflow_db(directory: Path) -> Path:
-    """The benchmark's own Airflow metadata DB (SQLite, migrated, with the benchmark pool).
+def private_airflow_db() -> Path:
+    """The stack's own database for `airflow dags test` (see infra/local/stack.py)."""
+    from infra.local.stack import StackConfig, dags_test_db
 
-    `airflow dags test` needs no scheduler; on a shared DB a running scheduler (`make up`)
-    also queues the test run's tasks to its executor, so they would run twice, concurrently.
-    """
-    directory = directory.resolve()
-    db = directory / "airflow.db"
-    stamp = directory / "airflow.version"
-    version = importlib.metadata.version("apache-airflow")
-    if db.is_file() and stamp.is_file() and stamp.read_text() == version:
-        return db
-    directory.mkdir(parents=True, exist_ok=True)
-    env = {**child_env(), DB_ENV: f"sqlite:///{db}"}
-    for args in (["db", "migrate"], ["pools", "set", BENCHMARK_POOL, "1", "tfopt benchmarks"]):
-        subprocess.run(
-            [str(BIN / "airflow"), *args], env=env, check=True, capture_output=True, timeout=300
-        )
-    stamp.write_text(version)
-    return db
+    return Path(dags_test_db(StackConfig.load()).removeprefix("sqlite:///"))
 
 
 def _seconds(start: str | None, end: str | None) -> float:

@@ -217,7 +217,7 @@ def measure(args: argparse.Namespace, load: LoadLog) -> dict[str, Any]:
     with load.phase("tfopt optimize (CLI)"):
         cli = run_cli(params, out / "cli.log")
     with load.phase("airflow dags test"):
-        dag = run_dag(params, out / "dag.log", private_airflow_db(out / "airflow"))
+        dag = run_dag(params, out / "dag.log", private_airflow_db())
     with load.phase("LiteRT benchmark tool"):
         tool = harness_vs_tool(cli["results"], args.threads, work)
     with load.phase("FLOPs"):

@@ -651,23 +651,30 @@ def _create_bucket(client: Any, bucket: str) -> bool:
 BENCHMARK_POOL = ("tfopt_benchmark", "1", "one benchmark at a time, so variants never compete")
 
 
-def prepare_airflow(config: StackConfig, env: dict[str, str]) -> None:
-    """`airflow db migrate` into AIRFLOW_HOME (SQLite) and the benchmark pool, once per version."""
+def migrate_airflow_db(database: Path, env: dict[str, str], log_path: Path) -> bool:
+    """`airflow db migrate` into the SQLite `database` plus the benchmark pool, once per version.
+
+    Returns:
+        False when the database was already up to date, True when it was migrated now.
+    """
     version = importlib.metadata.version("apache-airflow")
-    marker = config.airflow_home / ".tfopt-migrated"
-    database = config.airflow_home / "airflow.db"
+    marker = database.with_name(database.name + ".tfopt-migrated")
     stamp = f"{version} pool={BENCHMARK_POOL[0]}"
     if database.exists() and marker.exists() and marker.read_text().strip() == stamp:
-        say(f"  airflow: database ready in {config.airflow_home}")
-        return
-    started = time.monotonic()
-    log_path = config.log_dir / "airflow-migrate.log"
+        return False
+    database.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **env,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{database}",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     for args in (["db", "migrate"], ["pools", "set", *BENCHMARK_POOL]):
         with open(log_path, "ab") as log:
             result = subprocess.run(
                 [str(BIN / "airflow"), *args],
-                cwd=config.stack_dir,
-                env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+                cwd=database.parent,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -680,10 +687,29 @@ def prepare_airflow(config: StackConfig, env: dict[str, str]) -> None:
                 f"{log_path}:\n{log_tail(log_path)}"
             )
     marker.write_text(stamp + "\n")
-    say(
-        f"  airflow: database migrated, pool {BENCHMARK_POOL[0]} set "
-        f"({time.monotonic() - started:.1f} s)"
-    )
+    return True
+
+
+def prepare_airflow(config: StackConfig, env: dict[str, str]) -> None:
+    """The stack's Airflow metadata database in AIRFLOW_HOME, migrated, with the pool."""
+    started = time.monotonic()
+    database = config.airflow_home / "airflow.db"
+    if migrate_airflow_db(database, env, config.log_dir / "airflow-migrate.log"):
+        say(f"  airflow: database migrated, pool set ({time.monotonic() - started:.1f} s)")
+    else:
+        say(f"  airflow: database ready in {config.airflow_home}")
+
+
+def dags_test_db(config: StackConfig) -> str:
+    """A metadata database of its own for `airflow dags test`, as a SQLAlchemy URL.
+
+    `airflow dags test` needs no scheduler, and on the stack's database a running scheduler
+    (`make up`) would also queue the test run's tasks, which would then run twice.
+    """
+    database = config.airflow_home / "dags-test" / "airflow.db"
+    env = stack_env(config, ensure_credentials(config))
+    migrate_airflow_db(database, env, config.log_dir / "airflow-migrate.log")
+    return f"sqlite:///{database}"
 
 
 def airflow_login(config: StackConfig) -> tuple[str, str] | None:
@@ -780,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     status_parser = commands.add_parser("status", help="what runs where")
     status_parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("env", help="print the `export VAR=value` lines of stack.env")
+    commands.add_parser(
+        "dags-test-db", help="prepare a private Airflow database for `airflow dags test`; print it"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(getattr(args, "services", None) or []) - set(SERVICE_ORDER))
     if unknown:
@@ -792,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
             down(config, args.services)
         elif args.command == "status":
             return status(config, as_json=args.json)
+        elif args.command == "dags-test-db":
+            sys.stdout.write(dags_test_db(config) + "\n")
         else:
             sys.stdout.write(render_env(stack_env(config, ensure_credentials(config))))
     except StackError as exc:
