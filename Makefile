@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# Resolved before .venv/bin joins PATH: the interpreter that bootstraps uv is the machine's.
+BOOT_PYTHON := $(shell command -v python3)
+ifeq ($(origin UV), undefined)
+UV := $(shell command -v uv 2>/dev/null || echo "$(BOOT_PYTHON) -m uv")
+endif
 export UV_COMPILE_BYTECODE := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 STACK := .venv/bin/python infra/local/stack.py
@@ -14,8 +18,8 @@ help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 install:  ## install everything from uv.lock into .venv (installs uv itself if missing)
-	@test -x "$(UV)" || python3 -m pip install --user --quiet uv
-	@"$(UV)" sync --frozen --compile-bytecode --quiet
+	@$(UV) --version >/dev/null 2>&1 || $(BOOT_PYTHON) -m pip install --user --quiet uv
+	@$(UV) sync --frozen --compile-bytecode --quiet
 
 demo: install  ## start the local stack, train the demo model, optimise it, print where to look
 	@bash infra/local/demo.sh
