@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,38 @@ def _not_ok(stage: str, upstream: StageResult) -> StageResult:
     return StageResult(stage, upstream.status, reason=upstream.reason, variant=upstream.variant)
 
 
+@dataclass(frozen=True)
+class _VariantWork:
+    """What validate and benchmark start from: the loaded variant and the checked eval data."""
+
+    spec: VariantSpec
+    uri: str
+    runner: Any
+    signature: Signature
+    eval_data: Any
+
+
+def _start_variant_stage(
+    stage: str,
+    folder: str,
+    config: PipelineConfig,
+    ctx: RunContext,
+    conversion: StageResult,
+    export: StageResult,
+    data: StageResult,
+) -> StageResult | _VariantWork:
+    """The stage's result when there is nothing to do (conversion not OK, already published),
+    else the variant loaded with its runtime and the eval data."""
+    if not conversion:
+        return _not_ok(stage, conversion)
+    spec = VariantSpec.parse(conversion.variant)
+    uri = ctx.uri("variants", spec.slug, folder)
+    if done := _published(uri, stage, spec.name):
+        return done
+    runner, signature = _load_variant(config, ctx, conversion, export)
+    return _VariantWork(spec, uri, runner, signature, _eval_data(config, ctx, data, signature))
+
+
 def validate_stage(
     config: PipelineConfig,
     ctx: RunContext,
@@ -237,20 +270,16 @@ def validate_stage(
     from tasks.datasets import iter_batches
     from tasks.validate import ValidationAccumulator
 
-    if not conversion:
-        return _not_ok("validate", conversion)
-    spec = VariantSpec.parse(conversion.variant)
-    uri = ctx.uri("variants", spec.slug, "validation")
-    if done := _published(uri, "validate", spec.name):
-        return done
-    runner, signature = _load_variant(config, ctx, conversion, export)
-    eval_data = _eval_data(config, ctx, data, signature)
+    work = _start_variant_stage("validate", "validation", config, ctx, conversion, export, data)
+    if isinstance(work, StageResult):
+        return work
+    spec, uri, runner, signature = work.spec, work.uri, work.runner, work.signature
     reference_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
     with np.load(reference_dir / REFERENCE_FILE, allow_pickle=False) as ref:
         reference = {name: ref[name] for name in ref.files}
     accumulator = ValidationAccumulator(spec.name, signature.output_names, None)
     offset = 0
-    for feeds, labels in iter_batches(eval_data, VALIDATION_BATCH):
+    for feeds, labels in iter_batches(work.eval_data, VALIDATION_BATCH):
         n = len(labels)
         baseline = {name: reference[name][offset : offset + n] for name in signature.output_names}
         accumulator.update(baseline, runner(feeds), labels)
@@ -281,19 +310,15 @@ def benchmark_stage(
     from tasks.datasets import sample_feeds
     from tasks.hardware import describe_hardware, hardware_class
 
-    if not conversion:
-        return _not_ok("benchmark", conversion)
-    spec = VariantSpec.parse(conversion.variant)
-    uri = ctx.uri("variants", spec.slug, "benchmark")
-    if done := _published(uri, "benchmark", spec.name):
-        return done
-    runner, signature = _load_variant(config, ctx, conversion, export)
-    eval_data = _eval_data(config, ctx, data, signature)
+    work = _start_variant_stage("benchmark", "benchmark", config, ctx, conversion, export, data)
+    if isinstance(work, StageResult):
+        return work
+    spec, uri = work.spec, work.uri
     feeds_by_batch = {
-        size: sample_feeds(eval_data, size, BENCHMARK_DISTINCT_BATCHES)
+        size: sample_feeds(work.eval_data, size, BENCHMARK_DISTINCT_BATCHES)
         for size in config.batch_sizes
     }
-    reports = benchmark_variant(runner, feeds_by_batch, BenchmarkSettings())
+    reports = benchmark_variant(work.runner, feeds_by_batch, BenchmarkSettings())
     hardware = describe_hardware()
     out_dir = ctx.local("benchmark", spec.slug)
     payload = {
