@@ -734,6 +734,7 @@ def _cached_entry(
     if entry.is_dir():
         try:
             _verify_tree(entry, manifest, uri)
+            os.utime(entry)  # most recently used: evicted last
             return entry, "the local cache"
         except IntegrityError:
             log.warning("cache entry %s is damaged; downloading it again", entry)
@@ -749,7 +750,40 @@ def _cached_entry(
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    evict_cache(root, keep=entry)
     return entry, "S3"
+
+
+def _cache_limit_bytes() -> int:
+    value = os.environ.get("TFOPT_CACHE_MAX_GB", "10")
+    try:
+        return int(float(value) * 1024**3)
+    except ValueError as exc:
+        raise UserInputError(f"TFOPT_CACHE_MAX_GB must be a number of GB, got {value!r}") from exc
+
+
+def evict_cache(root: Path, *, keep: Path | None = None) -> list[Path]:
+    """Delete least recently used cache entries until the cache fits `TFOPT_CACHE_MAX_GB`.
+
+    Files already linked into a run's work dir stay there (hard links); only the cache copy goes.
+
+    Returns:
+        The entries deleted.
+    """
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    sizes = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in entries}
+    total, limit, evicted = sum(sizes.values()), _cache_limit_bytes(), []
+    for entry in sorted(entries, key=lambda p: p.stat().st_mtime):
+        if total <= limit:
+            break
+        if entry == keep:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= sizes[entry]
+        evicted.append(entry)
+    if evicted:
+        log.info("cache %s: evicted %d least recently used entries", root, len(evicted))
+    return evicted
 
 
 def _link_tree(entry: Path, dest: Path, manifest: Manifest) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,24 @@ def test_damaged_cache_entry_is_downloaded_again(s3, tmp_path):
     (tmp_path / "dl1" / "saved_model.pb").write_bytes(b"edited in place")
     fetched = storage.fetch_tree(uri, tmp_path / "dl2")
     assert storage.digest_tree(fetched) == manifest.files
+
+
+def test_cache_evicts_least_recently_used_entries_beyond_its_limit(s3, tmp_path, monkeypatch):
+    manifests = {}
+    for name in ("old", "used", "new"):
+        tree = make_tree(tmp_path / name, {"blob.bin": name.encode() * 400})
+        manifests[name] = storage.publish_tree(tree, f"s3://{BUCKET}/runs/m/{name}/export")
+    monkeypatch.setenv("TFOPT_CACHE_MAX_GB", str(3600 / 1024**3))  # ~1.6 kB an entry: room for 2
+    for name in ("old", "used"):
+        storage.fetch_tree(f"s3://{BUCKET}/runs/m/{name}/export", tmp_path / f"dl-{name}")
+    root = storage.cache_root()
+    os.utime(root / manifests["old"].digest, (2, 2))
+    os.utime(root / manifests["used"].digest, (1, 1))  # cached first, but used again below
+    storage.fetch_tree(f"s3://{BUCKET}/runs/m/used/export", tmp_path / "dl-used-again")  # a hit
+    storage.fetch_tree(f"s3://{BUCKET}/runs/m/new/export", tmp_path / "dl-new")
+    cached = {p.name for p in root.iterdir() if not p.name.startswith(".")}
+    assert cached == {manifests["used"].digest, manifests["new"].digest}
+    assert (tmp_path / "dl-old" / "blob.bin").read_bytes() == b"old" * 400  # links survive
 
 
 def test_fetch_missing_or_unpublished(s3, tmp_path):
