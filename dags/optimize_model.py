@@ -17,7 +17,7 @@ the winner to the MLflow model registry.
 * **select** picks the fastest variant within the accuracy tolerance (and the p99 SLO, if set);
   **register** logs every variant to MLflow and registers the choice (alias `challenger`;
   `champion` only if it beats the current champion on this hardware).
-* **report**: table + plots in S3 and MLflow, also shown on the *tfopt* page of this UI.
+* **report**: table + plots in S3 and MLflow, also shown on the *Optimise* page of this UI.
 
 Runs on a schedule when `retrain_model` publishes a new model (the triggering asset event's
 URIs are used), or by hand from the trigger form. Bad input fails the first task that sees it,
