@@ -36,6 +36,7 @@ from tfopt_airflow import (
     DEMO_MODEL_ASSET,
     GPU_QUEUE,
     optimize_params,
+    skipped_stays_skipped,
     user_errors_fail_fast,
 )
 
@@ -94,6 +95,7 @@ def lane_variants(settings: dict[str, Any], lane: str) -> list[str]:
 
 
 @task
+@skipped_stays_skipped
 @user_errors_fail_fast
 def convert(variant: str, settings: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
     from tasks.stages import convert_stage

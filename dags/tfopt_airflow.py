@@ -12,8 +12,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, Param
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Asset, Param, get_current_context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 BUCKET = os.environ.get("TFOPT_BUCKET", "tfopt")
 DEMO_ROOT = f"s3://{BUCKET}/demo"
@@ -132,5 +132,22 @@ def user_errors_fail_fast(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except UserInputError as exc:
             raise AirflowFailException(str(exc)) from exc
+
+    return wrapper
+
+
+def skipped_stays_skipped(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A stage result with status SKIPPED marks the task skipped in Airflow, with its reason.
+
+    The result is still pushed as the task's return value, so `select` reports the variant.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = fn(*args, **kwargs)
+        if result.get("status") == "SKIPPED":
+            get_current_context()["ti"].xcom_push(key="return_value", value=result)
+            raise AirflowSkipException(f"{result.get('variant')} SKIPPED: {result.get('reason')}")
+        return result
 
     return wrapper

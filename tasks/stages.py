@@ -352,13 +352,24 @@ def collect_rows(
     validations: list[StageResult],
     benchmarks: list[StageResult],
 ) -> list[dict[str, Any]]:
-    """Merge the per-variant stage results (matched by variant) into summary rows."""
+    """Merge the per-variant stage results (matched by variant) into summary rows.
+
+    A variant whose conversion was not OK may have no validation or benchmark result (Airflow
+    skips those tasks); its row then carries the conversion's status and reason.
+    """
     from tasks.summary import add_speedups, variant_row
 
     by_variant = {c.variant: c for c in conversions}
     vals = {v.variant: v for v in validations}
     benches = {b.variant: b for b in benchmarks}
-    rows = [variant_row(c, vals[name], benches[name]) for name, c in by_variant.items()]
+    rows = [
+        variant_row(
+            c,
+            vals.get(name) or _not_ok("validate", c),  # not run: the conversion was not OK
+            benches.get(name) or _not_ok("benchmark", c),
+        )
+        for name, c in by_variant.items()
+    ]
     return add_speedups(rows)
 
 

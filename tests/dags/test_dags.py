@@ -152,10 +152,16 @@ def test_airflow_dags_test_registers_a_version(local_stack, tiny_bundle, model_n
 
     env = {**os.environ, "TFOPT_WORK_DIR": str(tmp_path / "work")}
     result = _dags_test(_conf(tiny_bundle, model_name), env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
     champion = MlflowClient().get_model_version_by_alias(model_name, "champion")
     assert champion.version == "1"
     assert champion.tags["variant"].startswith("tflite:")
+    # TF-TRT cannot run here: its task is skipped in Airflow (not green), with the reason,
+    # and the run still reports the variant as SKIPPED.
+    assert "Skipping task." in output and 'reason="tftrt:int8 SKIPPED: TensorFlow' in output
+    assert "rejected.tftrt:int8" in champion.tags
+    assert champion.tags["rejected.tftrt:int8"].startswith("SKIPPED")
 
 
 def test_a_bad_model_uri_fails_the_first_task_without_retry(
