@@ -1,7 +1,8 @@
 """Airflow glue shared by tfopt's DAGs: params, the asset, and user-error handling.
 
-Imports only Airflow's SDK at module level, so DAG parsing stays light; the pipeline library
-(`tasks`) is imported inside the task callables.
+Imports only Airflow's SDK and the pipeline's plain configuration (`tasks.config`: dataclasses,
+no TensorFlow/MLflow/boto3/numpy) at module level, so DAG parsing stays light; the stages are
+imported inside the task callables.
 """
 
 from __future__ import annotations
@@ -15,21 +16,15 @@ from typing import Any
 from airflow.sdk import Asset, Param, get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from tasks.config import KNOWN_VARIANTS, OBJECTIVES, AccuracyGate
+
 BUCKET = os.environ.get("TFOPT_BUCKET", "tfopt")
 DEMO_ROOT = f"s3://{BUCKET}/demo"
 # Named, not an s3:// URI: an s3 URI makes Airflow load the amazon provider (boto3) at parse time.
 DEMO_MODEL_ASSET = Asset(name="tfopt_demo_model")
 BENCHMARK_POOL = os.environ.get("TFOPT_BENCHMARK_POOL", "tfopt_benchmark")
 GPU_QUEUE = os.environ.get("TFOPT_GPU_QUEUE", "gpu")
-VARIANT_CHOICES = [
-    "tf:fp32",
-    "tflite:fp32",
-    "tflite:fp16",
-    "tflite:int8",
-    "tftrt:fp32",
-    "tftrt:fp16",
-    "tftrt:int8",
-]
+VARIANT_CHOICES = list(KNOWN_VARIANTS)
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "tfopt",
@@ -81,7 +76,7 @@ def optimize_params() -> dict[str, Param]:
             description="backend:precision candidates; tf:fp32 (the baseline) is always added.",
         ),
         "accuracy_tolerance": Param(
-            0.01,
+            AccuracyGate.tolerance,
             type="number",
             minimum=0,
             maximum=1,
@@ -106,7 +101,7 @@ def optimize_params() -> dict[str, Param]:
         "objective": Param(
             "latency",
             type="string",
-            enum=["latency", "throughput"],
+            enum=list(OBJECTIVES),
             title="Objective",
             description="latency: lowest p50 at batch 1; throughput: most samples/s.",
         ),
