@@ -86,6 +86,10 @@ def _numeric_metrics(row: dict[str, Any]) -> dict[str, float]:
         value = row.get(key)
         if isinstance(value, int | float) and np.isfinite(value):
             metrics["top1" if key == "metric" else key] = float(value)
+    for key, value in (row.get("conversion_summary") or {}).items():
+        # e.g. TF-TRT's trt_engines, ops_converted, ops_not_converted; LiteRT's num_ops
+        if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+            metrics[f"conversion.{key}"] = float(value)
     for batch, value in (row.get("p50_ms_by_batch") or {}).items():
         if value is not None:
             metrics[f"p50_ms_batch_{batch}"] = float(value)

@@ -43,6 +43,7 @@ def variant_row(
         "hardware_class": bench.get("hardware_class"),
         "size_bytes": conv.get("size_bytes"),
         "conversion_s": conv.get("conversion_s"),
+        "conversion_summary": conv.get("summary") or {},
         "model_uri": conversion.uris.get("model"),
         "benchmark_uri": benchmark.uris.get("benchmark"),
         "validation_uri": validation.uris.get("validation"),
