@@ -216,10 +216,10 @@ class RunContext:
         import os
         import tempfile
 
+        from tasks.storage import default_run_root
+
         safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
-        base = os.environ.get("TFOPT_RUN_ROOT") or (
-            f"s3://{os.environ.get('TFOPT_BUCKET', 'tfopt')}/runs"
-        )
+        base = default_run_root()
         work = os.environ.get("TFOPT_WORK_DIR") or os.path.join(tempfile.gettempdir(), "tfopt")
         return cls(
             run_id=safe_id,

@@ -168,8 +168,9 @@ def join_uri(base: str | os.PathLike[str], *parts: str) -> str:
 
 
 def default_run_root() -> str:
-    """`s3://<TFOPT_BUCKET>/runs`: where pipeline runs write their artifacts."""
-    return f"s3://{S3Settings.from_env().bucket}/runs"
+    """Where pipeline runs write their artifacts: `TFOPT_RUN_ROOT`, else s3://<TFOPT_BUCKET>/runs."""
+    root = os.environ.get("TFOPT_RUN_ROOT") or f"s3://{S3Settings.from_env().bucket}/runs"
+    return root.rstrip("/")
 
 
 def _local_path(uri: str | os.PathLike[str]) -> Path:
