@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,9 +194,6 @@ class PipelineConfig:
             "objective": self.objective,
             "num_threads": self.num_threads,
         }
-
-    def replace(self, **changes: Any) -> PipelineConfig:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
