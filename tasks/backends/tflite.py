@@ -82,6 +82,74 @@ def _convert_bytes(request: ConversionRequest, counter: Counter) -> bytes:
         return converter.convert()
 
 
+REPRODUCE_FILE = "reproduce.py"
+_REPRODUCE = '''"""Re-run the LiteRT conversion that made model.tflite (tfopt, tflite:{precision}).
+
+    python reproduce.py SAVED_MODEL_DIR [--calibration-dir DIR] [--output model.tflite]
+
+INT8 calibrates on the .npz shards in --calibration-dir: one array per model input, one sample
+at a time, as tfopt did.
+"""
+
+import argparse
+import glob
+
+import numpy as np
+import tensorflow as tf
+
+PRECISION = {precision!r}
+SIGNATURE_KEY = {key!r}
+INPUTS = {inputs!r}  # name -> dtype
+
+
+def representative_dataset(directory):
+    for path in sorted(glob.glob(f"{{directory}}/**/*.npz", recursive=True)):
+        with np.load(path, allow_pickle=False) as shard:
+            for i in range(len(shard[next(iter(INPUTS))])):
+                yield {{name: shard[name][i : i + 1].astype(t) for name, t in INPUTS.items()}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("saved_model_dir")
+    parser.add_argument("--calibration-dir")
+    parser.add_argument("--output", default="model.tflite")
+    args = parser.parse_args()
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        args.saved_model_dir, signature_keys=[SIGNATURE_KEY]
+    )
+    if PRECISION == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif PRECISION == "int8":
+        if not args.calibration_dir:
+            parser.error("int8 needs --calibration-dir")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: representative_dataset(args.calibration_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+    with open(args.output, "wb") as out:
+        out.write(converter.convert())
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def write_reproduce_script(path: Path, request: ConversionRequest) -> Path:
+    """A standalone script with this conversion's exact settings (kept next to the artifact)."""
+    path.write_text(
+        _REPRODUCE.format(
+            precision=request.precision,
+            key=request.signature.key,
+            inputs={t.name: t.dtype for t in request.signature.inputs},
+        )
+    )
+    return path
+
+
 def op_counts(content: bytes) -> dict[str, int]:
     """Counts the operators of a .tflite flatbuffer by name ({} if it cannot be parsed)."""
     try:
@@ -247,6 +315,7 @@ class TfliteBackend:
         seconds = time.perf_counter() - started
         (output_dir / MODEL_FILE).write_bytes(content)
         request.signature.write(output_dir)
+        write_reproduce_script(output_dir / REPRODUCE_FILE, request)
         ops = op_counts(content)
         summary: dict[str, Any] = {
             "size_bytes": len(content),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tasks.backends import BackendUnavailableError, ConversionRequest, get_backend
+from tasks.backends import BackendUnavailableError, ConversionRequest, get_backend, tflite
 from tasks.backends.tflite import MODEL_FILE
 from tasks.signature import Signature, TensorInfo
 
@@ -184,3 +187,34 @@ def test_tftrt_reports_why_it_cannot_run_here(tiny, tmp_path):
     with pytest.raises(BackendUnavailableError) as raised:
         backend.convert(request)
     assert raised.value.reason == reason
+
+
+def test_tflite_int8_reproduce_script_rebuilds_the_same_model(tiny, tmp_path):
+    conversion, _ = _convert_and_load(tiny, tmp_path, "tflite:int8")
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    np.savez(
+        calibration / "shard-00000.npz",
+        **{INPUT: np.concatenate([feeds[INPUT] for feeds in tiny["calibration"]()])},
+    )
+    rebuilt = tmp_path / "rebuilt.tflite"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(conversion.artifact_dir / "reproduce.py"),
+            str(tiny["dir"]),
+            "--calibration-dir",
+            str(calibration),
+            "--output",
+            str(rebuilt),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    original = (conversion.artifact_dir / MODEL_FILE).read_bytes()
+    assert tflite.op_counts(rebuilt.read_bytes()) == tflite.op_counts(original)
+    assert abs(len(rebuilt.read_bytes()) - len(original)) < 0.02 * len(original)
