@@ -20,6 +20,10 @@ from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
+from tasks.runs import PublishedRun as RunEntry
+from tasks.runs import runs_in_listing
+from tasks.storage import MANIFEST_NAME
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
@@ -34,7 +38,7 @@ UI_ROUTE = "tfopt"
 DAG_ID = os.environ.get("TFOPT_DAG_ID", "optimize_model")
 UI_DIR = Path(__file__).resolve().parent / "tfopt_ui"
 RUNS_LIMIT = 20
-MANIFEST = "_MANIFEST.json"
+MANIFEST = MANIFEST_NAME
 RESULTS = "results.json"
 REPORT_FILES = {
     "report.html": "text/html; charset=utf-8",
@@ -181,15 +185,6 @@ class ReportStoreError(Exception):
     """S3 could not be read (unreachable, no credentials, no bucket); the message says why."""
 
 
-@dataclass(frozen=True)
-class RunEntry:
-    """One published report folder: runs/<model>/<run_id>/reports/ with its manifest."""
-
-    model: str
-    run_id: str
-    published: datetime | None
-
-
 @dataclass
 class RunSummary:
     """What the runs list shows for one run (read from its results.json)."""
@@ -280,18 +275,16 @@ class ReportStore:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix
         )
-        entries, scanned = [], 0
-        for page in self._call(
-            f"Listing s3://{self.bucket}/{prefix}", lambda: list(_take_pages(pages))
-        ):
-            for obj in page.get("Contents", []):
-                scanned += 1
-                parts = obj["Key"][len(self.prefix) :].split("/")
-                if len(parts) == 4 and parts[2:] == ["reports", MANIFEST] and all(parts[:2]):
-                    entries.append(RunEntry(parts[0], parts[1], obj.get("LastModified")))
-        log.debug("scanned %d keys under %s: %d runs", scanned, prefix, len(entries))
-        entries.sort(key=lambda e: e.published.timestamp() if e.published else 0, reverse=True)
-        return entries[:limit]
+        listing = [
+            (obj["Key"][len(self.prefix) :], obj.get("LastModified"))
+            for page in self._call(
+                f"Listing s3://{self.bucket}/{prefix}", lambda: list(_take_pages(pages))
+            )
+            for obj in page.get("Contents", [])
+        ]
+        runs = runs_in_listing(listing)
+        log.debug("scanned %d keys under %s: %d runs", len(listing), prefix, len(runs))
+        return runs[:limit]
 
     def manifest(self, model: str, run_id: str) -> dict[str, Any] | None:
         """The report folder's manifest, or None when the folder is absent or incomplete."""

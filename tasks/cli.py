@@ -169,7 +169,7 @@ def _run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:
-        _print_report(results, runs[0].report_uri)
+        _print_report(results, runs[0].report_uri())
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Published pipeline runs: find the completed reports under the run root, newest first."""
+"""Published pipeline runs: those whose report manifest exists under the run root."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tasks import storage
@@ -12,34 +14,39 @@ REPORTS = "reports"
 
 @dataclass(frozen=True)
 class PublishedRun:
-    """A run whose report was published (its manifest exists): where it is and its results."""
+    """A run whose report folder is published: `<root>/<model>/<run_id>/reports/`."""
 
     model: str
     run_id: str
-    report_uri: str
-    created_at: str
+    published: datetime | None
 
-    def results(self) -> dict[str, Any]:
-        return storage.get_json(storage.join_uri(self.report_uri, "results.json"))
+    def report_uri(self, root: str | None = None) -> str:
+        return storage.join_uri(
+            root or storage.default_run_root(), self.model, self.run_id, REPORTS
+        )
+
+    def results(self, root: str | None = None) -> dict[str, Any]:
+        return storage.get_json(storage.join_uri(self.report_uri(root), "results.json"))
 
 
-def list_runs(
-    model: str | None = None, *, root: str | None = None, limit: int = 20
-) -> list[PublishedRun]:
-    """Completed runs (report manifest published), newest first; optionally of one model."""
-    base = root or storage.default_run_root()
-    scope = storage.join_uri(base, model) if model else base
-    suffix = f"/{REPORTS}/{storage.MANIFEST_NAME}"
-    found = []
-    for rel in storage.list_keys(scope):
-        if not rel.endswith(suffix):
-            continue
-        run_path = rel[: -len(suffix)]
-        parts = run_path.split("/")
-        run_model, run_id = (model, parts[-1]) if model else (parts[0], parts[-1])
-        report_uri = storage.join_uri(scope, run_path, REPORTS)
-        manifest = storage.read_manifest(report_uri)
-        if manifest is not None:
-            found.append(PublishedRun(run_model, run_id, report_uri, manifest.created_at))
-    found.sort(key=lambda run: run.created_at, reverse=True)
-    return found[:limit]
+def runs_in_listing(objects: Iterable[tuple[str, datetime | None]]) -> list[PublishedRun]:
+    """The published runs among `(key relative to the run root, last modified)` pairs.
+
+    A run counts once its report manifest (`<model>/<run_id>/reports/_MANIFEST.json`, written
+    last) exists; the manifest's time is the run's. Newest first.
+    """
+    runs = []
+    for key, modified in objects:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[2:] == [REPORTS, storage.MANIFEST_NAME] and all(parts[:2]):
+            runs.append(PublishedRun(parts[0], parts[1], modified))
+    runs.sort(key=lambda run: run.published.timestamp() if run.published else 0, reverse=True)
+    return runs
+
+
+def list_runs(model: str | None = None, *, limit: int = 20) -> list[PublishedRun]:
+    """Published runs under the run root (`TFOPT_RUN_ROOT`), of one model or all; newest first."""
+    root = storage.default_run_root()
+    scope = f"{model}/" if model else ""
+    listing = storage.list_objects(storage.join_uri(root, model) if model else root)
+    return runs_in_listing((scope + key, modified) for key, modified in listing)[:limit]

@@ -636,16 +636,21 @@ def _object_exists(bucket: str, key: str, uri: str) -> bool:
 
 def _list_relative(bucket: str, prefix: str, uri: str) -> list[str]:
     """Names of every object under `prefix/`, relative to it, sorted (no folder markers)."""
+    return [name for name, _ in _list_with_times(bucket, prefix, uri)]
+
+
+def _list_with_times(bucket: str, prefix: str, uri: str) -> list[tuple[str, datetime | None]]:
+    """(name relative to `prefix/`, last modified) of every object under it (no folder markers)."""
     start = f"{prefix}/" if prefix else ""
-    names = []
+    objects = []
     with _s3_errors(uri, "list"):
         paginator = s3_client().get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=start):
             for item in page.get("Contents", []):
                 rel = item["Key"][len(start) :]
                 if rel and not rel.endswith("/"):
-                    names.append(rel)
-    return sorted(names)
+                    objects.append((rel, item.get("LastModified")))
+    return sorted(objects)
 
 
 def _transfer_config() -> Any:
@@ -879,21 +884,27 @@ def exists(uri: str | os.PathLike[str]) -> bool:
     return response.get("KeyCount", 0) > 0
 
 
-def list_keys(uri: str | os.PathLike[str]) -> list[str]:
-    """Relative posix paths of every object (or file) under `uri`, sorted.
+def list_objects(uri: str | os.PathLike[str]) -> list[tuple[str, datetime | None]]:
+    """(relative posix path, last modified) of every object (or file) under `uri`, sorted.
 
     `join_uri(uri, name)` gives back each object's URI. A missing prefix lists as empty.
     """
     uri = str(uri)
     if is_s3(uri):
         bucket, key = parse_s3_uri(uri)
-        return _list_relative(bucket, key, uri)
+        return _list_with_times(bucket, key, uri)
     path = _local_path(uri)
-    if path.is_file():
-        return [path.name]
-    if not path.is_dir():
-        return []
-    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    base = path.parent if path.is_file() else path
+    return [
+        (p.relative_to(base).as_posix(), datetime.fromtimestamp(p.stat().st_mtime, UTC))
+        for p in files
+    ]
+
+
+def list_keys(uri: str | os.PathLike[str]) -> list[str]:
+    """Relative posix paths of every object (or file) under `uri`, sorted."""
+    return [name for name, _ in list_objects(uri)]
 
 
 def delete_tree(uri: str | os.PathLike[str]) -> None:

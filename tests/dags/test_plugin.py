@@ -169,11 +169,16 @@ LOAD_CHECK = textwrap.dedent(
     before = set(sys.modules)
     info = plugins_manager.get_plugin_info()
     loaded = set(sys.modules) - before
-    heavy = ("boto3", "botocore", "mlflow", "tensorflow", "fastapi", "jinja2", "tasks")
+    heavy = ("boto3", "botocore", "mlflow", "tensorflow", "numpy", "fastapi", "jinja2")
+    # The run listing rule is shared with the CLI; those modules use the standard library only.
+    light_tasks = {"tasks", "tasks.errors", "tasks.runs", "tasks.storage"}
     print(json.dumps({
         "plugins": info,
         "errors": plugins_manager.get_import_errors(),
-        "heavy": sorted(m for m in loaded if m.split(".")[0] in heavy),
+        "heavy": sorted(
+            m for m in loaded
+            if m.split(".")[0] in heavy or (m.startswith("tasks") and m not in light_tasks)
+        ),
     }, default=str))
     """
 )

@@ -92,6 +92,10 @@ def test_optimize_registers_a_champion_that_predicts_like_its_variant(
     for tag in ("speedup_vs_baseline", "source_model_digest", "eval_data_digest", "hardware_class"):
         assert champion.tags[tag] not in ("", "None")
     assert storage.read_manifest(results["report"]["uris"]["report_uri"]) is not None
+    capsys.readouterr()
+    assert cli.main(["show", "--registered-model-name", model_name, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["chosen"] == chosen and shown["info"]["run_id"] == results["run_id"]
 
     images = np.load(tiny_bundle["eval"] / "shard-00000.npz")["image"]
     expected = _variant_predictions(results, chosen, images, tmp_path)
