@@ -17,11 +17,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "infra" / "local" / "stack.py"
 # A stack of its own, on ports that do not clash with a developer's `make up` (8333/5000/8080).
+# TFOPT_TEST_PORT_OFFSET shifts all of them, so that two checkouts can test side by side.
+_PORT_OFFSET = int(os.environ.get("TFOPT_TEST_PORT_OFFSET") or 0)
 TEST_STACK = {
     "TFOPT_STACK_DIR": str(REPO / ".stack-test"),
-    "TFOPT_S3_PORT": "18333",
-    "TFOPT_MLFLOW_PORT": "15050",
-    "TFOPT_AIRFLOW_PORT": "18080",
+    "TFOPT_S3_PORT": str(18333 + _PORT_OFFSET),
+    "TFOPT_MLFLOW_PORT": str(15050 + _PORT_OFFSET),
+    "TFOPT_AIRFLOW_PORT": str(18080 + _PORT_OFFSET),
     "TFOPT_BUCKET": "tfopt",
 }
 NEEDED = ("seaweedfs", "mlflow")
