@@ -18,9 +18,14 @@ METRIC_OUTPUT_FLAG = "metric_output"
 class TensorInfoLike(Protocol):
     """What a metric needs to know of a model output (`tasks.signature.TensorInfo` fits)."""
 
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int | None, ...]: ...
 
 
 @dataclass(frozen=True)
