@@ -127,8 +127,12 @@ class TopKAccumulator:
             return (scores[:, 0] >= 0.5).astype(np.int64) == labels
         if self.k == 1:
             return np.argmax(scores, axis=1) == labels
-        best = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
-        return np.any(best == labels[:, None], axis=1)
+        truth = scores[np.arange(labels.size), labels][:, None]
+        ahead = np.count_nonzero(scores > truth, axis=1)
+        ahead += np.count_nonzero(
+            (scores == truth) & (np.arange(scores.shape[1]) < labels[:, None]), axis=1
+        )
+        return (ahead < self.k) & ~np.isnan(truth[:, 0])
 
     def value(self) -> MetricValue:
         """The fraction of samples scored correctly (None before any sample)."""

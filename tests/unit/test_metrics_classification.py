@@ -134,3 +134,13 @@ def test_check_ground_truth_names_the_shard_and_the_fix(labels, message):
 def test_check_ground_truth_needs_labels():
     with pytest.raises(UserInputError, match="no 'labels' array.*fidelity needs no ground truth"):
         get_metric("top5").check_ground_truth({"gt_boxes": np.zeros((3, 1, 4))}, 3, "a.npz")
+
+
+def test_top_k_matches_a_stable_sort_even_with_many_ties():
+    rng = np.random.default_rng(4)
+    outputs = rng.integers(0, 4, (200, 12)).astype(np.float32)
+    labels = rng.integers(0, 12, 200)
+    ranked = np.argsort(-outputs, axis=1, kind="stable")
+    for k, name in ((1, "top1"), (5, "top5")):
+        expected = np.mean(np.any(ranked[:, :k] == labels[:, None], axis=1))
+        assert score(name, outputs, labels, batches=3).value == pytest.approx(expected)
