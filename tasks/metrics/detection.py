@@ -118,6 +118,12 @@ class DetectionAccumulator:
                 f"output {self.roles['boxes']!r} has shape {boxes.shape}; detection boxes must "
                 f"be [N, K, 4]. Name the outputs with {METRIC_OUTPUT_FLAG}={EXPLICIT_FORM}"
             )
+        for role in ("scores", "classes"):
+            if read[role].size != boxes.shape[0] * boxes.shape[1]:
+                raise UserInputError(
+                    f"output {self.roles[role]!r} has shape {read[role].shape}; detection {role} "
+                    f"must be [N, K] = {list(boxes.shape[:2])}, one per box"
+                )
         scores = read["scores"].reshape(boxes.shape[:2]).astype(np.float64)
         classes = np.rint(read["classes"].reshape(boxes.shape[:2])).astype(np.int64)
         counts = read.get("num_detections")

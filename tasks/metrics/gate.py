@@ -40,13 +40,20 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _moved(delta: float, down: str, amount: str) -> str:
+    """`rose <amount>`, `<down> <amount>` or `is unchanged`."""
+    if delta == 0:
+        return "is unchanged"
+    return f"{'rose' if delta > 0 else down} {amount}"
+
+
 def _higher_is_better(spec: MetricSpec, value: float, baseline: float, tolerance: float) -> Verdict:
     delta = value - baseline
     passed = -delta <= tolerance + SLACK
-    moved = "dropped" if delta < 0 else "rose"
+    moved = _moved(delta, "dropped", f"{abs(delta) * 100:.2f} points")
     reason = (
-        f"{spec.title} {moved} {abs(delta) * 100:.2f} points ({baseline * 100:.2f}% -> "
-        f"{value * 100:.2f}%), tolerance {tolerance * 100:.2f}"
+        f"{spec.title} {moved} ({baseline * 100:.2f}% -> {value * 100:.2f}%), "
+        f"tolerance {tolerance * 100:.2f}"
     )
     return Verdict(passed, delta, reason)
 
@@ -61,10 +68,10 @@ def _error(spec: MetricSpec, value: float, baseline: float, tolerance: float) ->
         )
         return Verdict(passed, delta, reason)
     passed = value <= baseline * (1 + tolerance) + SLACK * max(1.0, abs(baseline))
-    moved = "rose" if delta > 0 else "fell"
+    moved = _moved(delta, "fell", f"{abs(delta) / baseline * 100:.1f}%")
     reason = (
-        f"{spec.title} {moved} {abs(delta) / baseline * 100:.1f}% ({_number(baseline)} -> "
-        f"{_number(value)}), tolerance {tolerance * 100:.1f}%"
+        f"{spec.title} {moved} ({_number(baseline)} -> {_number(value)}), "
+        f"tolerance {tolerance * 100:.1f}%"
     )
     return Verdict(passed, delta, reason)
 

@@ -97,6 +97,14 @@ def test_streaming_equals_one_shot():
     assert 0 < once["map"] < once["map50"] <= 1
 
 
+def test_outputs_of_the_wrong_shape_are_refused():
+    boxes, scores, classes = perfect()
+    with pytest.raises(UserInputError, match=r"detection boxes must be \[N, K, 4\]"):
+        evaluate(boxes[..., :3], scores, classes)
+    with pytest.raises(UserInputError, match=r"detection scores must be \[N, K\] = \[2, 2\]"):
+        evaluate(boxes, scores[:, :1], classes)
+
+
 def test_no_ground_truth_at_all_is_a_user_error():
     boxes, scores, classes = perfect()
     with pytest.raises(UserInputError, match="no ground-truth box"):

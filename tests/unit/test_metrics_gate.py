@@ -48,6 +48,8 @@ def test_higher_is_better_passes_an_exact_drop_and_fails_a_larger_one():
         "top-1 accuracy dropped 2.40 points (96.60% -> 94.20%), tolerance 1.00"
     )
     assert judge(get_metric("map"), 0.6, 0.5, 0.0).reason.startswith("mAP@[.5:.95] rose 10.00")
+    same = judge(top1, 0.5, 0.5, 0.0)
+    assert same and same.reason == "top-1 accuracy is unchanged (50.00% -> 50.00%), tolerance 0.00"
 
 
 def test_error_metrics_use_the_relative_rule():
