@@ -97,10 +97,14 @@ def lane_variants(settings: dict[str, Any], lane: str) -> list[str]:
 @task
 @skipped_stays_skipped
 @user_errors_fail_fast
-def convert(variant: str, settings: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
+def convert(
+    variant: str, settings: dict[str, Any], exported: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
     from tasks.stages import convert_stage
 
-    return convert_stage(*_config_and_run(settings), variant, _result(exported)).to_dict()
+    return convert_stage(
+        *_config_and_run(settings), variant, _result(exported), _result(data)
+    ).to_dict()
 
 
 @task
@@ -140,15 +144,16 @@ def benchmark(
 def select(
     settings: dict[str, Any], conversions: list, validations: list, benchmarks: list
 ) -> dict[str, Any]:
-    from tasks.stages import collect_rows, select_stage
+    from tasks.stages import collect_summaries, select_stage
 
     config, _ = _config_and_run(settings)
-    rows = collect_rows(
+    summaries = collect_summaries(
         [_result(c) for c in conversions],
         [_result(v) for v in validations],
         [_result(b) for b in benchmarks],
     )
-    return {"rows": rows, "selection": select_stage(config, rows)}
+    selection, summaries = select_stage(config, summaries)
+    return {"variants": [s.to_dict() for s in summaries], "selection": selection}
 
 
 @task
@@ -160,18 +165,24 @@ def register(
 
     config, run = _config_and_run(settings)
     result = register_stage(
-        config, run, _result(exported), _result(data), selected["rows"], selected["selection"]
+        config, run, _result(exported), _result(data), selected["variants"], selected["selection"]
     )
     return {**result.to_dict(), **result.uris, **result.metrics}
 
 
 @task
 @user_errors_fail_fast
-def report(settings: dict[str, Any], selected: dict, registered: dict) -> dict[str, Any]:
+def report(
+    settings: dict[str, Any], data: dict, selected: dict, registered: dict
+) -> dict[str, Any]:
     from tasks.stages import report_stage
+    from tasks.summary import VariantSummary
 
     config, run = _config_and_run(settings)
-    result = report_stage(config, run, selected["rows"], selected["selection"], _result(registered))
+    summaries = [VariantSummary.from_dict(row) for row in selected["variants"]]
+    result = report_stage(
+        config, run, summaries, selected["selection"], _result(registered), _result(data)
+    )
     run.cleanup()
     return {**result.to_dict(), "report_uri": result.uris["report_uri"]}
 
@@ -198,7 +209,7 @@ def optimize_model():
         variants = lane_variants.override(task_id=f"{lane}_variants")(settings, lane)
         converted = (
             convert.override(task_id=f"convert_{lane}", **extra)
-            .partial(settings=settings, exported=exported)
+            .partial(settings=settings, exported=exported, data=data)
             .expand(variant=variants)
         )
         validated = (
@@ -220,7 +231,7 @@ def optimize_model():
         results["cpu"][2].concat(results["gpu"][2]),
     )
     registered = register(settings, exported, data, selected)
-    report(settings, selected, registered)
+    report(settings, data, selected, registered)
 
 
 optimize_model()

@@ -23,8 +23,16 @@ KNOWN_VARIANTS = (
 )
 DEFAULT_VARIANTS = KNOWN_VARIANTS
 OBJECTIVES = ("latency", "throughput")
-REQUIRED_PARAMS = ("model_uri", "eval_data_uri", "calibration_data_uri", "registered_model_name")
+AUTO_METRIC = "auto"
+METRIC_NAMES = (AUTO_METRIC, "top1", "top5", "mae", "rmse", "map50", "map", "fidelity")
+"""`metric` choices: the names of tasks.metrics.METRICS (a unit test keeps them equal), plus
+`auto` (top1 for integer labels, mae for float labels, map50 for boxes, fidelity without labels).
+Kept here so that DAG files can offer them without importing numpy."""
+REQUIRED_PARAMS = ("model_uri", "eval_data_uri", "registered_model_name")
 OPTIONAL_PARAMS = (
+    "calibration_data_uri",
+    "metric",
+    "metric_output",
     "variants",
     "accuracy_tolerance",
     "latency_slo_ms",
@@ -71,15 +79,17 @@ class VariantSpec:
 
 @dataclass(frozen=True)
 class AccuracyGate:
-    """Max drop of the task metric vs the baseline (absolute; top-1 is a fraction in [0, 1])."""
+    """How far the task metric may move against the baseline: its meaning is the metric's own
+    (an absolute drop for top-1/top-5/mAP/fidelity agreement, 0.01 = one point; a relative rise
+    of the error for mae/rmse, 0.05 = 5%)."""
 
     tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.tolerance <= 1.0):
             raise UserInputError(
-                f"accuracy_tolerance must be between 0 and 1 (an absolute drop of top-1, "
-                f"0.01 = one point), got {self.tolerance}"
+                f"accuracy_tolerance must be between 0 and 1 (e.g. 0.01: one point of top-1, "
+                f"or 1% more error for mae/rmse), got {self.tolerance}"
             )
 
 
@@ -123,7 +133,7 @@ class PipelineConfig:
 
     model_uri: str
     eval_data_uri: str
-    calibration_data_uri: str
+    calibration_data_uri: str | None
     registered_model_name: str
     variants: tuple[VariantSpec, ...] = field(
         default_factory=lambda: _parse_variants(DEFAULT_VARIANTS)
@@ -133,11 +143,17 @@ class PipelineConfig:
     batch_sizes: tuple[int, ...] = (1, 8)
     objective: str = "latency"
     num_threads: int = 2
+    metric: str = AUTO_METRIC
+    metric_output: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("model_uri", "eval_data_uri", "calibration_data_uri"):
+        for name in ("model_uri", "eval_data_uri"):
             if not str(getattr(self, name)).strip():
                 raise UserInputError(f"{name} is required")
+        if self.metric not in METRIC_NAMES:
+            raise UserInputError(
+                f"metric must be one of {', '.join(METRIC_NAMES)}; got {self.metric!r}"
+            )
         if not _MODEL_NAME.match(self.registered_model_name or ""):
             raise UserInputError(
                 "registered_model_name must be 1-100 characters of letters, digits, '_', '.', '-' "
@@ -167,10 +183,11 @@ class PipelineConfig:
             threads = int(params.get("num_threads", 2))
         except (TypeError, ValueError) as exc:
             raise UserInputError(f"a numeric parameter is not a number: {exc}") from exc
+        calibration = str(params.get("calibration_data_uri") or "").strip() or None
         return cls(
             model_uri=str(params["model_uri"]),
             eval_data_uri=str(params["eval_data_uri"]),
-            calibration_data_uri=str(params["calibration_data_uri"]),
+            calibration_data_uri=calibration,
             registered_model_name=str(params["registered_model_name"]),
             variants=_parse_variants(params.get("variants") or DEFAULT_VARIANTS),
             accuracy_gate=AccuracyGate(tolerance),
@@ -178,6 +195,8 @@ class PipelineConfig:
             batch_sizes=_parse_batch_sizes(params.get("batch_sizes") or (1, 8)),
             objective=str(params.get("objective") or "latency"),
             num_threads=threads,
+            metric=str(params.get("metric") or AUTO_METRIC).strip().lower(),
+            metric_output=str(params.get("metric_output") or "").strip() or None,
         )
 
     def to_params(self) -> dict[str, Any]:
@@ -193,7 +212,14 @@ class PipelineConfig:
             "batch_sizes": list(self.batch_sizes),
             "objective": self.objective,
             "num_threads": self.num_threads,
+            "metric": self.metric,
+            "metric_output": self.metric_output,
         }
+
+    @property
+    def needs_calibration(self) -> bool:
+        """An INT8 variant is asked for (it calibrates on representative data)."""
+        return any(spec.precision == "int8" for spec in self.variants)
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ def optimize(
     """Run export -> data -> convert/validate/benchmark per variant -> select -> register -> report.
 
     Returns:
-        A JSON-safe dict: run id, S3 root, per-variant rows, the selection, the registration
-        and the report's URIs.
+        A JSON-safe dict: run id, S3 root, the per-variant records (`variants`, with verdicts),
+        the selection, the registration and the report's URIs.
     """
     ctx = RunContext.create(run_id or new_run_id(), config.registered_model_name)
     steps = _Steps(total=5 + 3 * len(config.variants), progress=progress)
@@ -61,7 +61,7 @@ def optimize(
     conversions, validations, benchmarks = [], [], []
     for spec in config.variants:
         conversion = steps.run(
-            f"{spec.name} convert", stages.convert_stage, config, ctx, spec.name, export
+            f"{spec.name} convert", stages.convert_stage, config, ctx, spec.name, export, data
         )
         conversions.append(conversion)
         validations.append(
@@ -86,18 +86,21 @@ def optimize(
                 data,
             )
         )
-    rows = stages.collect_rows(conversions, validations, benchmarks)
-    selection = steps.run("select", stages.select_stage, config, rows)
+    summaries = stages.collect_summaries(conversions, validations, benchmarks)
+    selection, summaries = steps.run("select", stages.select_stage, config, summaries)
+    rows = [summary.to_dict() for summary in summaries]
     registration = steps.run(
         "register", stages.register_stage, config, ctx, export, data, rows, selection
     )
-    report = steps.run("report", stages.report_stage, config, ctx, rows, selection, registration)
+    report = steps.run(
+        "report", stages.report_stage, config, ctx, summaries, selection, registration, data
+    )
     ctx.cleanup()
     return {
         "run_id": ctx.run_id,
         "root_uri": ctx.root_uri,
         "config": config.to_params(),
-        "rows": rows,
+        "variants": rows,
         "selection": selection,
         "registration": registration.to_dict(),
         "report": report.to_dict(),

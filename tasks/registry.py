@@ -71,10 +71,13 @@ def parent_run(config: PipelineConfig, ctx: RunContext) -> tuple[str, str]:
 
 def _numeric_metrics(row: dict[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {}
+    if row.get("metric_name") and isinstance(row.get("metric_value"), int | float):
+        metrics[row["metric_name"]] = float(row["metric_value"])
+    for key, value in (row.get("metric_details") or {}).items():
+        if isinstance(value, int | float) and np.isfinite(value):
+            metrics[f"metric.{key}"] = float(value)
     for key in (
-        "metric",
         "metric_delta",
-        "agreement",
         "max_abs_error",
         "p50_ms",
         "p99_ms",
@@ -85,7 +88,7 @@ def _numeric_metrics(row: dict[str, Any]) -> dict[str, float]:
     ):
         value = row.get(key)
         if isinstance(value, int | float) and np.isfinite(value):
-            metrics["top1" if key == "metric" else key] = float(value)
+            metrics[key] = float(value)
     for key, value in (row.get("conversion_summary") or {}).items():
         # e.g. TF-TRT's trt_engines, ops_converted, ops_not_converted; LiteRT's num_ops
         if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tasks.config import BASELINE, OBJECTIVES, AccuracyGate, LatencySLO
 from tasks.errors import UserInputError
-from tasks.validate import GATE_SLACK, ValidationReport
+from tasks.results import Status
+from tasks.summary import VariantSummary, Verdict
 
 log = logging.getLogger(__name__)
 
-_METRIC_LABELS = {"top1": "top-1", "agreement": "agreement with the baseline"}
+Candidate = VariantSummary
+"""Selection reads the per-variant record as it is."""
 
 
 class BaselineUnavailableError(UserInputError):
@@ -42,97 +44,6 @@ def _speed(value: float, latency: bool) -> str:
 
 def _points(fraction: float) -> str:
     return f"{fraction * 100:.2f}"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What selection needs to know about one variant, gathered from its stage results.
-
-    `metric_delta` is variant minus baseline (absolute fraction; negative is a drop); latencies
-    are at batch 1; `throughput` is samples/s at the best batch size.
-    """
-
-    variant: str
-    status: str
-    reason: str = ""
-    validation_passed: bool | None = None
-    validation_reasons: tuple[str, ...] = ()
-    has_nan_or_inf: bool = False
-    metric_delta: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    throughput: float | None = None
-    metric_name: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
-        passed = data.get("validation_passed")
-        return cls(
-            variant=str(data["variant"]),
-            status=str(data["status"]).upper(),
-            reason=str(data.get("reason") or ""),
-            validation_passed=None if passed is None else bool(passed),
-            validation_reasons=tuple(data.get("validation_reasons") or ()),
-            has_nan_or_inf=bool(data.get("has_nan_or_inf", False)),
-            metric_delta=_num(data.get("metric_delta")),
-            p50_ms=_num(data.get("p50_ms")),
-            p99_ms=_num(data.get("p99_ms")),
-            throughput=_num(data.get("throughput")),
-            metric_name=data.get("metric_name"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "status": self.status,
-            "reason": self.reason,
-            "validation_passed": self.validation_passed,
-            "validation_reasons": list(self.validation_reasons),
-            "has_nan_or_inf": self.has_nan_or_inf,
-            "metric_delta": _num(self.metric_delta),
-            "p50_ms": _num(self.p50_ms),
-            "p99_ms": _num(self.p99_ms),
-            "throughput": _num(self.throughput),
-            "metric_name": self.metric_name,
-        }
-
-    @classmethod
-    def from_reports(
-        cls,
-        variant: str,
-        *,
-        status: str,
-        reason: str = "",
-        validation: ValidationReport | None = None,
-        p50_ms: float | None = None,
-        p99_ms: float | None = None,
-        throughput: float | None = None,
-    ) -> Candidate:
-        """Builds a candidate from a stage status, its validation report and its latencies.
-
-        Without labels the report has no top-1; the delta is then `agreement - 1` and the
-        metric name "agreement", which is what the validation gate judged.
-        """
-        delta, metric_name = None, None
-        if validation is not None:
-            drop = validation.accuracy_drop
-            delta = None if drop is None else -drop
-            metric_name = validation.metric_name or (
-                "agreement" if validation.agreement is not None else None
-            )
-        return cls(
-            variant=variant,
-            status=str(status).upper(),
-            reason=reason,
-            validation_passed=None if validation is None else validation.passed,
-            validation_reasons=() if validation is None else validation.reasons,
-            has_nan_or_inf=validation is not None and validation.has_nan_or_inf,
-            metric_delta=delta,
-            p50_ms=_num(p50_ms),
-            p99_ms=_num(p99_ms),
-            throughput=_num(throughput),
-            metric_name=metric_name,
-        )
 
 
 @dataclass(frozen=True)
@@ -186,7 +97,8 @@ def _index(candidates: Iterable[Candidate]) -> dict[str, Candidate]:
     return by_name
 
 
-def _accuracy_rejection(candidate: Candidate, gate: AccuracyGate) -> str | None:
+def _accuracy_rejection(candidate: Candidate) -> str | None:
+    """The validation's own verdict (the metric's gate was applied there, in its own terms)."""
     if candidate.has_nan_or_inf:
         nan_reasons = [r for r in candidate.validation_reasons if "NaN" in r or "Inf" in r]
         return "; ".join(nan_reasons) or "outputs contain NaN or Inf"
@@ -194,14 +106,6 @@ def _accuracy_rejection(candidate: Candidate, gate: AccuracyGate) -> str | None:
         return "accuracy: not validated"
     if not candidate.validation_passed:
         return "accuracy: " + ("; ".join(candidate.validation_reasons) or "validation failed")
-    if candidate.metric_delta is not None and -candidate.metric_delta > (
-        gate.tolerance + GATE_SLACK
-    ):
-        label = _METRIC_LABELS.get(candidate.metric_name or "", "the task metric")
-        return (
-            f"accuracy: {label} dropped {_points(-candidate.metric_delta)} points, "
-            f"tolerance {_points(gate.tolerance)}"
-        )
     return None
 
 
@@ -222,15 +126,19 @@ def rejection_reason(
     candidate: Candidate, *, objective: str, gate: AccuracyGate, slo: LatencySLO
 ) -> str | None:
     """Why `candidate` is not eligible, or None when it is (the baseline's exemptions aside)."""
-    if candidate.status != "OK":
-        return f"{candidate.status}: {candidate.reason or 'no reason given'}"
-    return _accuracy_rejection(candidate, gate) or _speed_rejection(candidate, objective, slo)
+    if candidate.status is not Status.OK:
+        return f"{candidate.status.value}: {candidate.reason or 'no reason given'}"
+    return _accuracy_rejection(candidate) or _speed_rejection(candidate, objective, slo)
 
 
 def _require_baseline(by_name: Mapping[str, Candidate], baseline: str) -> Candidate:
     base = by_name.get(baseline)
-    if base is None or base.status != "OK":
-        why = "is missing" if base is None else f"is {base.status}: {base.reason or 'no reason'}"
+    if base is None or base.status is not Status.OK:
+        why = (
+            "is missing"
+            if base is None
+            else f"is {base.status.value}: {base.reason or 'no reason'}"
+        )
         raise BaselineUnavailableError(
             f"the baseline {baseline} {why}; there is nothing safe to register. Fix the model or "
             "the eval data so that the baseline runs, then rerun"
@@ -349,16 +257,40 @@ def _explain(
             reason = f"kept the baseline {base.variant}: no other variant qualified: {listed}"
         return reason + _baseline_slo_note(base, slo)
     names = [c.metric_name for c in by_name.values() if c.metric_name]
-    label = _METRIC_LABELS.get(names[0] if names else "", "the task metric")
+    metric = names[0] if names else "the task metric"
     reason = (
         f"{_winner_text(chosen, base, objective)} among {len(ranking)} eligible variants "
-        f"within {_points(gate.tolerance)} points of {label}"
+        f"that passed the {metric} gate (tolerance {gate.tolerance:g})"
     )
     if slo.p99_ms is not None:
         reason += f" and the {_ms(slo.p99_ms)} ms p99 budget"
     if chosen is base:
         reason += "; no variant beat the baseline" + _baseline_slo_note(base, slo)
     return reason
+
+
+def with_verdicts(
+    summaries: Iterable[VariantSummary], selection: Selection
+) -> list[VariantSummary]:
+    """The records with their verdict and its reason, as every surface shows them."""
+    ranked = {name: place for place, name in enumerate(selection.ranking)}
+    out = []
+    for summary in summaries:
+        name = summary.variant
+        if name == selection.chosen:
+            verdict, why = Verdict.CHOSEN, selection.reason
+        elif summary.status is Status.FAILED:
+            verdict, why = Verdict.FAILED, summary.reason
+        elif summary.status is Status.SKIPPED:
+            verdict, why = Verdict.SKIPPED, summary.reason
+        elif name in selection.rejections:
+            verdict, why = Verdict.REJECTED, selection.rejections[name]
+        else:
+            place = ranked.get(name)
+            verdict = Verdict.ELIGIBLE
+            why = f"eligible, ranked {place + 1} by {selection.objective}" if place else "eligible"
+        out.append(replace(summary, verdict=verdict, verdict_reason=why))
+    return out
 
 
 def beats_champion(

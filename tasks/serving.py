@@ -33,6 +33,10 @@ class VariantModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads hints
+        from tasks.signature import as_feed
+
+        if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
+            model_input = {name: np.stack(model_input[name].to_numpy()) for name in model_input}
         if isinstance(model_input, dict):
             feeds = {name: np.asarray(value) for name, value in model_input.items()}
         else:
@@ -40,7 +44,7 @@ class VariantModel(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"this model has inputs {self.signature.input_names}; pass a dict")
             feeds = {self.signature.input_names[0]: np.asarray(model_input)}
         for tensor in self.signature.inputs:
-            feeds[tensor.name] = feeds[tensor.name].astype(tensor.dtype, copy=False)
+            feeds[tensor.name] = as_feed(feeds[tensor.name], tensor.dtype)
         outputs = self.runner(feeds)
         if len(outputs) == 1:
             return next(iter(outputs.values()))

@@ -23,12 +23,13 @@ from tasks.config import PipelineConfig, RunContext, VariantSpec
 from tasks.errors import UserInputError
 from tasks.results import StageResult, Status
 from tasks.signature import Signature
+from tasks.summary import VariantSummary
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_BATCH = 32
 BENCHMARK_DISTINCT_BATCHES = 16
-REFERENCE_FILE = "reference_outputs.npz"
+REFERENCE_DIR = "reference"
 CHAMPION_MIN_GAIN = 0.05
 """A new version takes `champion` only when it is at least this much faster (the benchmark's own
 stability tolerance), so two measurements of the same model do not swap the alias."""
@@ -83,67 +84,216 @@ def export_stage(config: PipelineConfig, ctx: RunContext) -> StageResult:
 # --- data + reference outputs -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DataPlan:
+    """What the data stage decided, as every later stage reads it back from its result."""
+
+    signature: Signature
+    metric: Any  # tasks.metrics.MetricSpec
+    choice: Any  # tasks.metrics.OutputChoice
+    eval_data: Any  # tasks.datasets.ShardSet: the samples validated (held-out ones excluded)
+    calibration: Any  # tasks.datasets.ShardSet | None
+
+
+def _resolve_metric(config: PipelineConfig, eval_data: Any) -> Any:
+    from tasks.config import AUTO_METRIC
+    from tasks.metrics import auto_metric, get_metric
+
+    name = config.metric
+    if name == AUTO_METRIC:
+        name = auto_metric(set(eval_data.truth), eval_data.labels_kind)
+        logger.info("metric: %s (chosen from the eval data's ground truth)", name)
+    return get_metric(name)
+
+
+def _open_calibration(
+    config: PipelineConfig, ctx: RunContext, signature: Signature, eval_data: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(eval data for validation, calibration data or None, the calibration's description)."""
+    from tasks.datasets import HoldOut, open_dataset
+
+    if config.calibration_data_uri:
+        calibration = open_dataset(config.calibration_data_uri, ctx.local("calibration"), signature)
+        for name, shape in calibration.sample_shapes.items():
+            if eval_data.sample_shapes.get(name, shape) != shape:
+                raise UserInputError(
+                    f"calibration input {name!r} has per-sample shape {list(shape)} but the eval "
+                    f"data has {list(eval_data.sample_shapes[name])}; give both one shape"
+                )
+        described = {"source": "calibration_data_uri", **calibration.to_dict()}
+        return eval_data, calibration, described
+    if not config.needs_calibration:
+        return eval_data, None, {"source": "none (no int8 variant)"}
+    holdout = HoldOut.for_samples(eval_data.num_samples)
+    indices = holdout.indices(eval_data.num_samples)
+    described = {
+        "source": "held-out eval slice",
+        "uri": config.eval_data_uri,
+        "num_samples": holdout.count,
+        "holdout": holdout.to_dict(),
+    }
+    logger.info(
+        "no calibration data given: %d eval samples (seed %d) held out for INT8 calibration and "
+        "excluded from validation",
+        holdout.count,
+        holdout.seed,
+    )
+    return eval_data.without(indices), eval_data.only(indices), described
+
+
+def _storable(value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    return array.astype(np.bytes_) if array.dtype.kind == "O" else array
+
+
+def _write_reference(runner: Any, eval_data: Any, out_dir: Path) -> int:
+    """Runs the baseline over the eval data, one reference file per batch (streamed to disk)."""
+    from tasks.datasets import iter_batches
+
+    count = 0
+    for index, (feeds, _) in enumerate(iter_batches(eval_data, VALIDATION_BATCH)):
+        outputs = {name: _storable(value) for name, value in runner(feeds).items()}
+        np.savez(out_dir / REFERENCE_DIR / f"batch-{index:05d}.npz", **outputs)
+        count += 1
+    return count
+
+
 def prepare_data_stage(config: PipelineConfig, ctx: RunContext, export: StageResult) -> StageResult:
-    """Check eval and calibration data against the signature; compute the reference outputs.
+    """Check the eval (and calibration) data, fix dynamic dims, pick the metric, run the baseline.
 
     The baseline (the exported SavedModel) runs once over the eval data here; every variant is
-    later compared with these reference outputs.
+    later compared with these reference outputs. Unknown non-batch input dimensions are fixed
+    from the data into the signature every converter gets (`declared_shape` keeps the original).
     """
     from tasks.backends import get_backend
-    from tasks.datasets import iter_batches, open_dataset
+    from tasks.datasets import check_truth, open_dataset
 
     uri = ctx.uri("data")
     if done := _published(uri, "data"):
         return done
     set_tf_threads(config.num_threads)
-    saved_model, signature = _fetch_export(export, ctx)
-    eval_data = open_dataset(
-        config.eval_data_uri, ctx.local("eval"), signature, require_labels=True
+    saved_model, declared = _fetch_export(export, ctx)
+    eval_data = open_dataset(config.eval_data_uri, ctx.local("eval"), declared)
+    metric = _resolve_metric(config, eval_data)
+    check_truth(eval_data, metric)
+    signature = declared.with_input_shapes(eval_data.sample_shapes)
+    choice = metric.resolve_output(signature.outputs, config.metric_output)
+    validation_data, calibration, calibration_info = _open_calibration(
+        config, ctx, signature, eval_data
     )
-    calibration = open_dataset(
-        config.calibration_data_uri, ctx.local("calibration"), signature, require_labels=False
-    )
-    runner = get_backend("tf").load(saved_model, signature, config.num_threads)
-    outputs: dict[str, list[np.ndarray]] = {name: [] for name in signature.output_names}
-    labels: list[np.ndarray] = []
-    for feeds, batch_labels in iter_batches(eval_data, VALIDATION_BATCH):
-        for name, value in runner(feeds).items():
-            outputs[name].append(value)
-        labels.append(batch_labels)
     out_dir = ctx.local("data-out")
-    np.savez(
-        out_dir / REFERENCE_FILE,
-        labels=np.concatenate(labels),
-        **{name: np.concatenate(parts) for name, parts in outputs.items()},
-    )
+    (out_dir / REFERENCE_DIR).mkdir(exist_ok=True)
+    runner = get_backend("tf").load(saved_model, signature, config.num_threads)
+    batches = _write_reference(runner, validation_data, out_dir)
+    signature.write(out_dir)
     result = StageResult(
         stage="data",
         status=Status.OK,
-        uris={
-            "data": uri,
-            "eval": config.eval_data_uri,
-            "calibration": config.calibration_data_uri,
-        },
+        uris={"data": uri, "eval": config.eval_data_uri},
         metrics={
-            "eval_samples": eval_data.num_samples,
+            "eval": eval_data.to_dict(),
             "eval_digest": eval_data.digest,
-            "calibration_samples": calibration.num_samples,
-            "calibration_digest": calibration.digest,
+            "eval_samples": eval_data.num_samples,
+            "validation_samples": validation_data.num_samples,
+            "calibration": calibration_info,
+            "calibration_digest": calibration.digest if calibration else None,
+            "metric": {
+                "name": metric.name,
+                "title": metric.title,
+                "higher_is_better": metric.higher_is_better,
+                "tolerance": config.accuracy_gate.tolerance,
+                "tolerance_meaning": metric.tolerance_meaning,
+                "output": choice.to_dict(),
+            },
+            "signature": signature.to_dict(),
+            "reference_batches": batches,
         },
     )
     return _publish(out_dir, uri, result)
 
 
+def data_plan(config: PipelineConfig, ctx: RunContext, data: StageResult) -> DataPlan:
+    """The data stage's decisions, with its data sets re-fetched and compared by digest."""
+    from tasks.datasets import HoldOut, ShardSet, open_dataset
+    from tasks.metrics import OutputChoice, get_metric
+
+    signature = Signature.from_dict(data.metrics["signature"])
+    described = ShardSet.described(data.metrics["eval"])
+    eval_data = open_dataset(config.eval_data_uri, ctx.local("eval"), signature, checked=described)
+    info = data.metrics["calibration"]
+    calibration = None
+    if info.get("holdout"):
+        holdout = HoldOut(**info["holdout"])
+        indices = holdout.indices(eval_data.num_samples)
+        eval_data, calibration = eval_data.without(indices), eval_data.only(indices)
+    elif info["source"] == "calibration_data_uri":
+        calibration = open_dataset(
+            info["uri"], ctx.local("calibration"), signature, checked=ShardSet.described(info)
+        )
+    metric_info = data.metrics["metric"]
+    return DataPlan(
+        signature=signature,
+        metric=get_metric(metric_info["name"]),
+        choice=OutputChoice.from_dict(metric_info["output"]),
+        eval_data=eval_data,
+        calibration=calibration,
+    )
+
+
 # --- per variant: convert, validate, benchmark -------------------------------------------------
 
 
+def _variant_failure(stage: str, variant: str, exc: BaseException) -> StageResult:
+    """A non-baseline variant that threw: FAILED with one line (stage, exception type, message)."""
+    message = " ".join(str(exc).split()) or "no message"
+    if len(message) > 600:
+        message = message[:597] + "..."
+    logger.warning("%s %s FAILED: %s: %s", stage, variant, type(exc).__name__, message)
+    return StageResult(
+        stage, Status.FAILED, reason=f"{type(exc).__name__}: {message}", variant=variant
+    )
+
+
+def _guarded(stage: str, variant: str, work: Any) -> StageResult:
+    """Runs `work()`; for a non-baseline variant any error but a transient one becomes FAILED.
+
+    The baseline's errors, and transient ones (S3/MLflow, retried by the caller), propagate.
+    """
+    from tasks.config import BASELINE
+    from tasks.errors import TransientError
+
+    if variant == BASELINE:
+        return work()
+    try:
+        return work()
+    except TransientError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken variant never stops the run
+        logger.debug("%s %s failed", stage, variant, exc_info=True)
+        return _variant_failure(stage, variant, exc)
+
+
 def convert_stage(
-    config: PipelineConfig, ctx: RunContext, variant: str, export: StageResult
+    config: PipelineConfig,
+    ctx: RunContext,
+    variant: str,
+    export: StageResult,
+    data: StageResult,
 ) -> StageResult:
     """Convert the export into one variant; SKIPPED where its runtime cannot run here."""
+    return _guarded("convert", variant, lambda: _convert(config, ctx, variant, export, data))
+
+
+def _convert(
+    config: PipelineConfig,
+    ctx: RunContext,
+    variant: str,
+    export: StageResult,
+    data: StageResult,
+) -> StageResult:
     from tasks.backends import get_backend
     from tasks.backends.base import BackendUnavailableError, ConversionRequest
-    from tasks.datasets import iter_batches, open_dataset
+    from tasks.datasets import iter_batches
 
     spec = VariantSpec.parse(variant)
     uri = ctx.uri("variants", spec.slug, "model")
@@ -155,13 +305,13 @@ def convert_stage(
         logger.warning("%s SKIPPED: %s", variant, reason)
         return StageResult("convert", Status.SKIPPED, reason=reason, variant=variant)
     set_tf_threads(config.num_threads)
-    saved_model, signature = _fetch_export(export, ctx)
-    calibration = open_dataset(
-        config.calibration_data_uri, ctx.local("calibration"), signature, require_labels=False
-    )
+    saved_model, _ = _fetch_export(export, ctx)
+    plan = data_plan(config, ctx, data)
 
     def calibration_data():
-        for feeds, _ in iter_batches(calibration, 1):
+        if plan.calibration is None:
+            return
+        for feeds, _ in iter_batches(plan.calibration, 1):
             yield feeds
 
     out_dir = ctx.local("variants", spec.slug)
@@ -171,22 +321,15 @@ def convert_stage(
         conversion = backend.convert(
             ConversionRequest(
                 saved_model_dir=saved_model,
-                signature=signature,
+                signature=plan.signature,
                 precision=spec.precision,
                 output_dir=out_dir,
                 calibration_data=calibration_data,
                 batch_sizes=config.batch_sizes,
             )
         )
-    except UserInputError:
-        raise
     except BackendUnavailableError as exc:
         return StageResult("convert", Status.SKIPPED, reason=exc.reason, variant=variant)
-    except Exception as exc:  # noqa: BLE001 - a failed conversion fails this variant only
-        logger.exception("conversion of %s failed", variant)
-        return StageResult(
-            "convert", Status.FAILED, reason=f"conversion failed: {exc}", variant=variant
-        )
     result = StageResult(
         stage="convert",
         status=Status.OK,
@@ -195,95 +338,48 @@ def convert_stage(
         metrics={
             "conversion_s": round(time.perf_counter() - started, 3),
             "size_bytes": directory_size(conversion.artifact_dir),
-            "calibration_digest": calibration.digest if spec.precision == "int8" else None,
+            "calibration_digest": data.metrics.get("calibration_digest")
+            if spec.precision == "int8"
+            else None,
             "summary": conversion.summary,
         },
     )
     return _publish(conversion.artifact_dir, uri, result)
 
 
-def _load_variant(
-    config: PipelineConfig, ctx: RunContext, conversion: StageResult, export: StageResult
-):
+def _load_variant(config: PipelineConfig, ctx: RunContext, conversion: StageResult, plan: DataPlan):
     from tasks.backends import get_backend
 
     spec = VariantSpec.parse(conversion.variant)
     local = storage.fetch_tree(conversion.uris["model"], ctx.local("fetched", spec.slug))
-    _, signature = _fetch_export(export, ctx)
-    return get_backend(spec.backend).load(Path(local), signature, config.num_threads), signature
-
-
-def _eval_data(config: PipelineConfig, ctx: RunContext, data: StageResult, signature: Signature):
-    """The eval data as the data stage checked it (digest compared, shards not re-read)."""
-    from tasks.datasets import open_dataset
-
-    checked = (data.metrics["eval_digest"], data.metrics["eval_samples"])
-    return open_dataset(
-        config.eval_data_uri, ctx.local("eval"), signature, require_labels=True, checked=checked
-    )
+    return get_backend(spec.backend).load(Path(local), plan.signature, config.num_threads)
 
 
 def _not_ok(stage: str, upstream: StageResult) -> StageResult:
     return StageResult(stage, upstream.status, reason=upstream.reason, variant=upstream.variant)
 
 
-@dataclass(frozen=True)
-class _VariantWork:
-    """What validate and benchmark start from: the loaded variant and the checked eval data."""
-
-    spec: VariantSpec
-    uri: str
-    runner: Any
-    signature: Signature
-    eval_data: Any
-
-
-def _start_variant_stage(
-    stage: str,
-    folder: str,
-    config: PipelineConfig,
-    ctx: RunContext,
-    conversion: StageResult,
-    export: StageResult,
-    data: StageResult,
-) -> StageResult | _VariantWork:
-    """The stage's result when there is nothing to do (conversion not OK, already published),
-    else the variant loaded with its runtime and the eval data."""
-    if not conversion:
-        return _not_ok(stage, conversion)
-    spec = VariantSpec.parse(conversion.variant)
-    uri = ctx.uri("variants", spec.slug, folder)
-    if done := _published(uri, stage, spec.name):
-        return done
-    runner, signature = _load_variant(config, ctx, conversion, export)
-    return _VariantWork(spec, uri, runner, signature, _eval_data(config, ctx, data, signature))
-
-
-def validate_stage(
-    config: PipelineConfig,
-    ctx: RunContext,
-    conversion: StageResult,
-    export: StageResult,
-    data: StageResult,
+def _validate(
+    config: PipelineConfig, ctx: RunContext, conversion: StageResult, data: StageResult
 ) -> StageResult:
-    """Compare one variant's outputs on the eval data with the baseline's reference outputs."""
     from tasks.datasets import iter_batches
     from tasks.validate import ValidationAccumulator
 
-    work = _start_variant_stage("validate", "validation", config, ctx, conversion, export, data)
-    if isinstance(work, StageResult):
-        return work
-    spec, uri, runner, signature = work.spec, work.uri, work.runner, work.signature
+    spec = VariantSpec.parse(conversion.variant)
+    uri = ctx.uri("variants", spec.slug, "validation")
+    if done := _published(uri, "validate", spec.name):
+        return done
+    plan = data_plan(config, ctx, data)
+    runner = _load_variant(config, ctx, conversion, plan)
     reference_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
-    with np.load(reference_dir / REFERENCE_FILE, allow_pickle=False) as ref:
-        reference = {name: ref[name] for name in ref.files}
-    accumulator = ValidationAccumulator(spec.name, signature.output_names, None)
-    offset = 0
-    for feeds, labels in iter_batches(work.eval_data, VALIDATION_BATCH):
-        n = len(labels)
-        baseline = {name: reference[name][offset : offset + n] for name in signature.output_names}
-        accumulator.update(baseline, runner(feeds), labels)
-        offset += n
+    accumulator = ValidationAccumulator(
+        spec.name, plan.signature.output_names, plan.metric, plan.choice
+    )
+    for index, (feeds, truth) in enumerate(iter_batches(plan.eval_data, VALIDATION_BATCH)):
+        path = reference_dir / REFERENCE_DIR / f"batch-{index:05d}.npz"
+        with np.load(path, allow_pickle=False) as ref:
+            baseline = {name: ref[name] for name in ref.files}
+        accumulator.update(baseline, runner(feeds), truth)
     report = accumulator.finish(config.accuracy_gate)
     out_dir = ctx.local("validation", spec.slug)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2))
@@ -298,27 +394,45 @@ def validate_stage(
     return _publish(out_dir, uri, result)
 
 
-def benchmark_stage(
+def validate_stage(
     config: PipelineConfig,
     ctx: RunContext,
     conversion: StageResult,
     export: StageResult,
     data: StageResult,
 ) -> StageResult:
-    """Measure one variant's latency and throughput per batch size on real eval inputs."""
+    """Compare one variant's outputs on the eval data with the baseline's reference outputs."""
+    if not conversion:
+        return _not_ok("validate", conversion)
+    return _guarded(
+        "validate", conversion.variant, lambda: _validate(config, ctx, conversion, data)
+    )
+
+
+def _benchmark(
+    config: PipelineConfig, ctx: RunContext, conversion: StageResult, data: StageResult
+) -> StageResult:
     from tasks.benchmark import BenchmarkSettings, benchmark_variant
     from tasks.datasets import sample_feeds
     from tasks.hardware import describe_hardware, hardware_class
 
-    work = _start_variant_stage("benchmark", "benchmark", config, ctx, conversion, export, data)
-    if isinstance(work, StageResult):
-        return work
-    spec, uri = work.spec, work.uri
+    spec = VariantSpec.parse(conversion.variant)
+    uri = ctx.uri("variants", spec.slug, "benchmark")
+    if done := _published(uri, "benchmark", spec.name):
+        return done
+    plan = data_plan(config, ctx, data)
+    runner = _load_variant(config, ctx, conversion, plan)
     feeds_by_batch = {
-        size: sample_feeds(work.eval_data, size, BENCHMARK_DISTINCT_BATCHES)
+        size: sample_feeds(plan.eval_data, size, BENCHMARK_DISTINCT_BATCHES)
         for size in config.batch_sizes
     }
-    reports = benchmark_variant(work.runner, feeds_by_batch, BenchmarkSettings())
+    reports = benchmark_variant(runner, feeds_by_batch, BenchmarkSettings())
+    metrics: dict[str, Any] = {}
+    prefix = getattr(runner, "prefix_runner", None)
+    if prefix is not None:  # ops kept in TensorFlow in front of the converted core
+        alone = benchmark_variant(prefix, {1: feeds_by_batch[1]}, BenchmarkSettings())[1]
+        metrics["prefix_p50_ms_b1"] = alone.p50_ms
+        metrics["prefix_share"] = round(min(1.0, alone.p50_ms / reports[1].p50_ms), 4)
     hardware = describe_hardware()
     out_dir = ctx.local("benchmark", spec.slug)
     payload = {
@@ -328,7 +442,7 @@ def benchmark_stage(
         "batches": {str(size): report.to_dict() for size, report in reports.items()},
     }
     (out_dir / "benchmark.json").write_text(json.dumps(payload, indent=2))
-    metrics: dict[str, Any] = {"hardware_class": hardware_class(hardware)}
+    metrics["hardware_class"] = hardware_class(hardware)
     for size, report in reports.items():
         metrics[f"p50_ms_b{size}"] = report.p50_ms
         metrics[f"p99_ms_b{size}"] = report.p99_ms
@@ -344,42 +458,54 @@ def benchmark_stage(
     return _publish(out_dir, uri, result)
 
 
+def benchmark_stage(
+    config: PipelineConfig,
+    ctx: RunContext,
+    conversion: StageResult,
+    export: StageResult,
+    data: StageResult,
+) -> StageResult:
+    """Measure one variant's latency and throughput per batch size on real eval inputs."""
+    if not conversion:
+        return _not_ok("benchmark", conversion)
+    return _guarded(
+        "benchmark", conversion.variant, lambda: _benchmark(config, ctx, conversion, data)
+    )
+
+
 # --- select, register, report ----------------------------------------------------------------
 
 
-def collect_rows(
+def collect_summaries(
     conversions: list[StageResult],
     validations: list[StageResult],
     benchmarks: list[StageResult],
-) -> list[dict[str, Any]]:
-    """Merge the per-variant stage results (matched by variant) into summary rows.
+) -> list[VariantSummary]:
+    """Merge the per-variant stage results (matched by variant) into one record each.
 
     A variant whose conversion was not OK may have no validation or benchmark result (Airflow
-    skips those tasks); its row then carries the conversion's status and reason.
+    skips those tasks); its record then carries the conversion's status and reason.
     """
-    from tasks.summary import add_speedups, variant_row
+    from tasks.summary import summarize, with_speedups
 
-    by_variant = {c.variant: c for c in conversions}
     vals = {v.variant: v for v in validations}
     benches = {b.variant: b for b in benchmarks}
-    rows = [
-        variant_row(
-            c,
-            vals.get(name) or _not_ok("validate", c),  # not run: the conversion was not OK
-            benches.get(name) or _not_ok("benchmark", c),
-        )
-        for name, c in by_variant.items()
-    ]
-    return add_speedups(rows)
+    summaries = []
+    for c in conversions:  # a StageResult is falsy unless OK: look up by presence, not truth
+        validation = vals[c.variant] if c.variant in vals else _not_ok("validate", c)
+        benchmark = benches[c.variant] if c.variant in benches else _not_ok("benchmark", c)
+        summaries.append(summarize(c, validation, benchmark))
+    return with_speedups(summaries)
 
 
-def select_stage(config: PipelineConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Apply the selection policy to the rows; returns the Selection as a dict."""
-    from tasks.select import Candidate, select
+def select_stage(
+    config: PipelineConfig, summaries: list[VariantSummary]
+) -> tuple[dict[str, Any], list[VariantSummary]]:
+    """Apply the selection policy; returns the Selection as a dict and the records with verdicts."""
+    from tasks.select import select, with_verdicts
 
-    candidates = [Candidate.from_dict(row) for row in rows]
     selection = select(
-        candidates,
+        summaries,
         objective=config.objective,
         gate=config.accuracy_gate,
         slo=config.latency_slo,
@@ -387,15 +513,13 @@ def select_stage(config: PipelineConfig, rows: list[dict[str, Any]]) -> dict[str
     logger.info("selected %s: %s", selection.chosen, selection.reason)
     for variant, reason in selection.rejections.items():
         logger.info("rejected %s: %s", variant, reason)
-    return selection.to_dict()
+    return selection.to_dict(), with_verdicts(summaries, selection)
 
 
-def _example_input(
-    config: PipelineConfig, ctx: RunContext, data: StageResult, signature: Signature
-) -> dict:
+def _example_input(config: PipelineConfig, ctx: RunContext, data: StageResult) -> dict:
     from tasks.datasets import sample_feeds
 
-    return sample_feeds(_eval_data(config, ctx, data, signature), 1, 1)[0]
+    return sample_feeds(data_plan(config, ctx, data).eval_data, 1, 1)[0]
 
 
 def _version_tags(
@@ -407,15 +531,17 @@ def _version_tags(
     selection: dict[str, Any],
 ) -> dict[str, str]:
     spec = VariantSpec.parse(row["variant"])
-    delta = row.get("metric_delta")
+    metric = row.get("metric_name") or "metric"
     tags = {
         "tfopt.run_id": ctx.run_id,
         "variant": spec.name,
         "backend": spec.backend,
         "precision": spec.precision,
         "speedup_vs_baseline": f"{row.get('speedup') or 0:.2f}",
-        "accuracy_delta_points": f"{(delta or 0) * 100:.2f}",
-        "top1": f"{row.get('metric') or 0:.4f}",
+        "metric": metric,
+        metric: f"{row.get('metric_value') or 0:.6g}",
+        f"{metric}_baseline": f"{row.get('baseline_metric_value') or 0:.6g}",
+        f"{metric}_delta": f"{row.get('metric_delta') or 0:.6g}",
         "p50_ms_batch_1": f"{row.get('p50_ms') or 0:.3f}",
         "p99_ms_batch_1": f"{row.get('p99_ms') or 0:.3f}",
         "throughput": f"{row.get('throughput') or 0:.1f}",
@@ -460,10 +586,9 @@ def _champion_now(
     try:
         spec = VariantSpec.parse(tags["variant"])
         local = storage.fetch_tree(tags["variant_uri"], ctx.local("champion", champion.version))
-        _, signature = _fetch_export(export, ctx)
-        runner = get_backend(spec.backend).load(Path(local), signature, config.num_threads)
-        eval_data = _eval_data(config, ctx, data, signature)
-        feeds = {1: sample_feeds(eval_data, 1, BENCHMARK_DISTINCT_BATCHES)}
+        plan = data_plan(config, ctx, data)
+        runner = get_backend(spec.backend).load(Path(local), plan.signature, config.num_threads)
+        feeds = {1: sample_feeds(plan.eval_data, 1, BENCHMARK_DISTINCT_BATCHES)}
         report = benchmark_variant(runner, feeds, BenchmarkSettings())[1]
     except Exception as exc:  # noqa: BLE001 - fall back to the champion's recorded figures
         logger.warning(
@@ -501,13 +626,13 @@ def register_stage(
     version = registry.find_version(name, ctx.run_id)
     if version is None:
         variant_dir = Path(storage.fetch_tree(row["model_uri"], ctx.local("fetched", "chosen")))
-        export_dir = Path(storage.fetch_tree(export.uris["export"], ctx.local("fetched", "export")))
+        data_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
         with mlflow.start_run(run_id=variant_runs[row["variant"]]):
             model_uri = registry.log_pyfunc(
                 variant_dir,
-                export_dir,
+                data_dir,  # signature.json with the dims the data fixed
                 row,
-                _example_input(config, ctx, data, Signature.read(export_dir)),
+                _example_input(config, ctx, data),
                 config.num_threads,
             )
         version = registry.register_version(
@@ -553,12 +678,29 @@ def _hardware_line(hardware: dict[str, Any]) -> str:
     return f"{hardware.get('cpu_model', '?')} ({hardware_class(hardware)})"
 
 
+def _run_block(
+    config: PipelineConfig, ctx: RunContext, data: StageResult, hardware: dict[str, Any]
+) -> dict[str, Any]:
+    """The `run` block of results.json (see tasks.summary)."""
+    return {
+        "model": config.registered_model_name,
+        "run_id": ctx.run_id,
+        "hardware": _hardware_line(hardware),
+        "objective": config.objective,
+        "latency_slo_ms": config.latency_slo.p99_ms,
+        "metric": data.metrics["metric"],
+        "calibration": data.metrics["calibration"],
+        "validation_samples": data.metrics.get("validation_samples"),
+    }
+
+
 def report_stage(
     config: PipelineConfig,
     ctx: RunContext,
-    rows: list[dict[str, Any]],
+    summaries: list[VariantSummary],
     selection: dict[str, Any],
     registration: StageResult,
+    data: StageResult,
 ) -> StageResult:
     """Write the comparison table and plots, publish them to S3 and to the MLflow run."""
     from mlflow.tracking import MlflowClient
@@ -568,25 +710,22 @@ def report_stage(
     uri = ctx.uri("reports")
     if done := _published(uri, "report"):
         return done
-    for row in rows:
-        if row.get("benchmark_uri") and row["status"] == Status.OK.value:
-            bench = storage.get_json(row["benchmark_uri"])
-            row["latencies_ms"] = bench["batches"]["1"].get("latencies_ms", [])
-            row["hardware"] = bench.get("hardware")
-    hardware = next((r["hardware"] for r in rows if r.get("hardware")), {})
-    info = {
-        "model": config.registered_model_name,
-        "run_id": ctx.run_id,
-        "hardware": _hardware_line(hardware),
-        "objective": config.objective,
-        "accuracy_tolerance": config.accuracy_gate.tolerance,
-        "latency_slo_ms": config.latency_slo.p99_ms,
-        "selection_reason": selection["reason"],
-        "rejections": selection["rejections"],
-        "registration": {**registration.metrics, **registration.uris},
-    }
+    latencies: dict[str, list[float]] = {}
+    hardware: dict[str, Any] = {}
+    for summary in summaries:
+        if summary.benchmark_uri and summary.is_ok:
+            bench = storage.get_json(summary.benchmark_uri)
+            latencies[summary.variant] = bench["batches"]["1"].get("latencies_ms", [])
+            hardware = hardware or bench.get("hardware") or {}
     out_dir = ctx.local("report")
-    paths = write_report(rows, selection["chosen"], info, out_dir)
+    paths = write_report(
+        summaries,
+        _run_block(config, ctx, data, hardware),
+        selection,
+        {**registration.metrics, **registration.uris},
+        latencies,
+        out_dir,
+    )
     client = MlflowClient()
     parent_run_id = registration.metrics["mlflow_run_id"]
     for path in paths.values():
@@ -597,6 +736,6 @@ def report_stage(
         status=Status.OK,
         variant=selection["chosen"],
         uris={"report_uri": uri, **{k: f"{uri}/{Path(p).name}" for k, p in paths.items()}},
-        metrics={"variants": len(rows)},
+        metrics={"variants": len(summaries)},
     )
     return _publish(out_dir, uri, result)

@@ -1,12 +1,11 @@
-"""Accuracy of a variant vs the baseline: task metric, agreement, max error, NaN/Inf."""
+"""Accuracy of a variant vs the baseline: the task metric, max error, NaN/Inf, output shapes."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from tasks.config import BASELINE, AccuracyGate
 from tasks.errors import UserInputError
 
 if TYPE_CHECKING:
-    from tasks.backends.base import Runner
+    from tasks.metrics import MetricSpec
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +23,6 @@ Outputs = Mapping[str, Any]
 
 GATE_SLACK = 1e-9
 """Float slack so that a drop of exactly the tolerance passes (0.92 - 0.91 > 0.01 in floats)."""
-
-_MISSING = object()
 
 
 def _json_float(value: Any) -> float | None:
@@ -38,10 +35,6 @@ def _json_float(value: Any) -> float | None:
 
 def _json_shape(shape: Any) -> tuple[int, ...] | None:
     return None if shape is None else tuple(int(dim) for dim in shape)
-
-
-def _points(fraction: float) -> str:
-    return f"{fraction * 100:.2f}"
 
 
 @dataclass(frozen=True)
@@ -123,10 +116,10 @@ def _list_or_none(shape: tuple[int, ...] | None) -> list[int] | None:
 class ValidationReport:
     """Whether a variant is accurate enough vs the baseline; truthy when it passed.
 
-    `metric` is top-1 of the variant when the eval data has labels (`metric_name` "top1"), else
-    None; `metric_delta` is variant minus baseline (absolute fraction). `agreement` is the fraction
-    of samples whose predicted class equals the baseline's. Without labels the gate judges
-    `1 - agreement` as the drop instead of the top-1 drop.
+    `metric` is the task metric of the variant (`metric_name`, e.g. "top1", "rmse", "map50",
+    "fidelity"), `baseline_metric` the baseline's on the same samples, `metric_delta` variant
+    minus baseline in the metric's own units. `metric_details` holds the metric's extra figures
+    (e.g. fidelity's cosine similarity and max error).
     """
 
     variant: str
@@ -136,11 +129,10 @@ class ValidationReport:
     metric: float | None = None
     baseline_metric: float | None = None
     metric_delta: float | None = None
-    agreement: float | None = None
+    metric_details: dict[str, float] = field(default_factory=dict)
     outputs: tuple[OutputComparison, ...] = ()
     samples: int = 0
     tolerance: float | None = None
-    class_output: str | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -150,13 +142,9 @@ class ValidationReport:
         return any(out.has_nan or out.has_inf for out in self.outputs)
 
     @property
-    def accuracy_drop(self) -> float | None:
-        """The drop the gate judged: top-1 drop with labels, else `1 - agreement`."""
-        if self.metric_delta is not None:
-            return -self.metric_delta
-        if self.agreement is not None:
-            return 1.0 - self.agreement
-        return None
+    def max_abs_error(self) -> float | None:
+        errors = [out.max_abs_error for out in self.outputs if out.max_abs_error is not None]
+        return max(errors) if errors else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,11 +155,10 @@ class ValidationReport:
             "metric": _json_float(self.metric),
             "baseline_metric": _json_float(self.baseline_metric),
             "metric_delta": _json_float(self.metric_delta),
-            "agreement": _json_float(self.agreement),
+            "metric_details": {k: _json_float(v) for k, v in self.metric_details.items()},
             "outputs": [out.to_dict() for out in self.outputs],
             "samples": int(self.samples),
             "tolerance": _json_float(self.tolerance),
-            "class_output": self.class_output,
         }
 
     @classmethod
@@ -184,11 +171,10 @@ class ValidationReport:
             metric=data.get("metric"),
             baseline_metric=data.get("baseline_metric"),
             metric_delta=data.get("metric_delta"),
-            agreement=data.get("agreement"),
+            metric_details=dict(data.get("metric_details") or {}),
             outputs=tuple(OutputComparison.from_dict(out) for out in data.get("outputs", ())),
             samples=int(data.get("samples", 0)),
             tolerance=data.get("tolerance"),
-            class_output=data.get("class_output"),
         )
 
 
@@ -218,7 +204,8 @@ class _OutputStats:
                 self._count_non_finite(variant)
             return
         self._count_non_finite(variant)
-        self._accumulate_errors(baseline, variant)
+        if baseline.dtype.kind in "biufc" and variant.dtype.kind in "biufc":
+            self._accumulate_errors(baseline, variant)
 
     def _count_non_finite(self, variant: np.ndarray) -> None:
         if np.issubdtype(variant.dtype, np.inexact):
@@ -254,31 +241,15 @@ def _batch_size(outputs: Outputs, names: tuple[str, ...]) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
-def _label_classes(labels: Any, size: int, num_classes: int | None) -> np.ndarray:
-    """Labels as class ids of shape (size,): integer ids, or one-hot rows over `num_classes`."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] > 1 and labels.shape[1] == num_classes:
-        labels = np.argmax(labels, axis=-1)
-    if labels.size != size:
-        raise UserInputError(
-            f"a batch has {labels.size} labels for {size} samples; eval shards need one label "
-            "per sample (class ids, or one-hot rows)"
-        )
-    labels = labels.reshape(size)
-    if np.issubdtype(labels.dtype, np.floating) and not np.all(labels == np.round(labels)):
-        raise UserInputError("labels must be integer class ids (or one-hot rows)")
-    return labels.astype(np.int64)
-
-
 class ValidationAccumulator:
     """Compares a variant with the baseline batch by batch, so eval data need not fit in memory.
 
     Args:
         variant: The variant's name, e.g. `tflite:int8`.
-        output_names: The baseline's outputs to compare (all of them, normally).
-        class_output: The output whose argmax over the last axis is the predicted class (top-1
-            and agreement); default: the first output with a last dimension > 1. Without one,
-            only errors and NaN/Inf are judged.
+        output_names: The baseline's outputs to compare for errors and NaN/Inf (string outputs
+            are compared by equality only).
+        metric: The task metric (`tasks.metrics.MetricSpec`) and `choice`, the outputs it reads
+            (from `metric.resolve_output`).
         baseline: The baseline's name; the baseline always passes against itself.
     """
 
@@ -286,7 +257,8 @@ class ValidationAccumulator:
         self,
         variant: str,
         output_names: Iterable[str],
-        class_output: str | None = None,
+        metric: MetricSpec,
+        choice: Any,
         *,
         baseline: str = BASELINE,
     ) -> None:
@@ -294,84 +266,63 @@ class ValidationAccumulator:
         self.output_names = tuple(output_names)
         if not self.output_names:
             raise ValueError("output_names is empty; name the outputs to compare")
-        if class_output is not None and class_output not in self.output_names:
-            raise ValueError(f"class_output {class_output!r} is not one of {self.output_names}")
-        self.class_output = class_output
+        self.metric = metric
         self.baseline = baseline
         self._stats = {name: _OutputStats(name) for name in self.output_names}
+        self._variant_metric = metric.accumulator(choice)
+        self._baseline_metric = metric.accumulator(choice)
         self._samples = 0
-        self._labelled: bool | None = None
-        self._class_samples = 0
-        self._agree = 0
-        self._baseline_correct = 0
-        self._variant_correct = 0
 
     def update(
-        self, baseline_outputs: Outputs, variant_outputs: Outputs, labels: Any = None
+        self,
+        baseline_outputs: Outputs,
+        variant_outputs: Outputs,
+        truth: Mapping[str, Any] | None = None,
     ) -> None:
-        """Adds one batch: both runners' outputs for the same feeds, and its labels if any."""
+        """Adds one batch: both runners' outputs for the same feeds, and its ground truth.
+
+        The metric counts only batches whose outputs the variant produced in the baseline's
+        shapes; the others already fail the comparison.
+        """
+        truth = truth or {}
         missing = [name for name in self.output_names if name not in baseline_outputs]
         if missing:
             raise ValueError(f"baseline outputs lack {missing}; got {sorted(baseline_outputs)}")
-        if self._labelled is None:
-            self._labelled = labels is not None
-            self._resolve_class_output(baseline_outputs)
-        elif self._labelled != (labels is not None):
-            raise UserInputError(
-                "some eval batches have labels and others do not; every shard needs `labels`, "
-                "or none"
-            )
         for name, stats in self._stats.items():
             variant = variant_outputs.get(name)
             stats.update(
                 np.asarray(baseline_outputs[name]), None if variant is None else np.asarray(variant)
             )
-        self._update_classes(baseline_outputs, variant_outputs, labels)
+        comparable = all(
+            name in variant_outputs
+            and np.shape(variant_outputs[name]) == np.shape(baseline_outputs[name])
+            for name in self.output_names
+        )
+        if comparable:
+            self._variant_metric.update(variant_outputs, truth, baseline_outputs)
+        self._baseline_metric.update(baseline_outputs, truth, baseline_outputs)
         self._samples += _batch_size(baseline_outputs, self.output_names)
 
-    def _resolve_class_output(self, baseline_outputs: Outputs) -> None:
-        if self.class_output is None:
-            for name in self.output_names:
-                shape = np.shape(baseline_outputs[name])
-                if len(shape) >= 2 and shape[-1] > 1:
-                    self.class_output = name
-                    break
-        log.debug("%s: class output for top-1/agreement: %s", self.variant, self.class_output)
-
-    def _update_classes(
-        self, baseline_outputs: Outputs, variant_outputs: Outputs, labels: Any
-    ) -> None:
-        if self.class_output is None:
-            return
-        baseline = np.asarray(baseline_outputs[self.class_output])
-        variant = variant_outputs.get(self.class_output)
-        if variant is None or np.shape(variant) != baseline.shape:
-            return  # already a shape failure; counting only comparable batches keeps top-1 fair
-        baseline_class = np.argmax(baseline, axis=-1).reshape(-1)
-        variant_class = np.argmax(np.asarray(variant), axis=-1).reshape(-1)
-        size = baseline_class.size
-        if labels is not None:
-            truth = _label_classes(labels, size, baseline.shape[-1])
-            self._baseline_correct += int(np.count_nonzero(baseline_class == truth))
-            self._variant_correct += int(np.count_nonzero(variant_class == truth))
-        self._agree += int(np.count_nonzero(baseline_class == variant_class))
-        self._class_samples += size
-
     def finish(self, gate: AccuracyGate) -> ValidationReport:
-        """The report over every batch added so far, judged by `gate`.
+        """The report over every batch added so far, judged by `gate` in the metric's terms.
 
         Raises:
             UserInputError: No batch was added (the eval data is empty).
         """
+        from tasks.metrics import judge
+
         if self._samples == 0:
             raise UserInputError(
                 f"no evaluation samples were compared for {self.variant}; check that the eval "
                 "data holds .npz shards with at least one sample"
             )
         comparisons = tuple(stats.comparison() for stats in self._stats.values())
-        metric, baseline_metric, agreement = self._class_metrics()
+        value = self._variant_metric.value()
+        base = self._baseline_metric.value()
+        verdict = judge(self.metric, value.value, base.value, gate.tolerance)
         reasons = [reason for out in comparisons for reason in out.reasons()]
-        reasons += self._accuracy_reasons(gate, metric, baseline_metric, agreement)
+        if not verdict.passed and not (value.value is None and reasons):
+            reasons.append(verdict.reason)  # (no value: the outputs' reasons already say why)
         if self.variant == self.baseline and reasons:
             log.warning("baseline %s vs itself: %s (kept as passed)", self.variant, reasons)
             reasons = []
@@ -379,119 +330,23 @@ class ValidationAccumulator:
             variant=self.variant,
             passed=not reasons,
             reasons=tuple(reasons),
-            metric_name="top1" if self._labelled and self.class_output else None,
-            metric=metric,
-            baseline_metric=baseline_metric,
-            metric_delta=None if metric is None else metric - baseline_metric,
-            agreement=agreement,
+            metric_name=self.metric.name,
+            metric=value.value,
+            baseline_metric=base.value,
+            metric_delta=verdict.delta,
+            metric_details=dict(value.details),
             outputs=comparisons,
             samples=self._samples,
             tolerance=gate.tolerance,
-            class_output=self.class_output,
         )
         log.info(
-            "validated %s on %d samples: passed=%s top1=%s baseline=%s agreement=%s %s",
+            "validated %s on %d samples: passed=%s %s=%s baseline=%s %s",
             self.variant,
             report.samples,
             report.passed,
-            metric,
-            baseline_metric,
-            agreement,
+            self.metric.name,
+            value.value,
+            base.value,
             "; ".join(reasons),
         )
         return report
-
-    def _class_metrics(self) -> tuple[float | None, float | None, float | None]:
-        if not self._class_samples:
-            if self.class_output is None:
-                log.warning("%s: no class output, only errors and NaN/Inf judged", self.variant)
-            return None, None, None
-        agreement = self._agree / self._class_samples
-        if not self._labelled:
-            return None, None, agreement
-        return (
-            self._variant_correct / self._class_samples,
-            self._baseline_correct / self._class_samples,
-            agreement,
-        )
-
-    def _accuracy_reasons(
-        self,
-        gate: AccuracyGate,
-        metric: float | None,
-        baseline_metric: float | None,
-        agreement: float | None,
-    ) -> list[str]:
-        if metric is not None and baseline_metric is not None:
-            drop = (self._baseline_correct - self._variant_correct) / self._class_samples
-            if drop > gate.tolerance + GATE_SLACK:
-                return [
-                    f"top-1 dropped {_points(drop)} points ({_points(baseline_metric)}% -> "
-                    f"{_points(metric)}%), tolerance {_points(gate.tolerance)}"
-                ]
-        elif agreement is not None and 1.0 - agreement > gate.tolerance + GATE_SLACK:
-            return [
-                f"agreement with the baseline is {_points(agreement)}% ({_points(1.0 - agreement)}"
-                f" points disagree), tolerance {_points(gate.tolerance)}"
-            ]
-        return []
-
-
-def _reference_batches(
-    baseline_runner: Runner | None,
-    batches: Iterable[tuple[Outputs, Any]],
-    baseline_outputs: Iterable[Outputs] | None,
-) -> Iterator[tuple[Outputs, Any, Outputs]]:
-    """Yields (feeds, labels, baseline outputs), running the baseline unless they are given."""
-    if baseline_outputs is None:
-        if baseline_runner is None:
-            raise ValueError("give baseline_runner or precomputed baseline_outputs")
-        for feeds, labels in batches:
-            yield feeds, labels, baseline_runner(feeds)
-        return
-    for batch, reference in itertools.zip_longest(batches, baseline_outputs, fillvalue=_MISSING):
-        if batch is _MISSING or reference is _MISSING:
-            raise ValueError("baseline_outputs and batches have different numbers of batches")
-        feeds, labels = batch
-        yield feeds, labels, reference
-
-
-def validate_variant(
-    variant: str,
-    baseline_runner: Runner | None,
-    variant_runner: Runner,
-    batches: Iterable[tuple[Outputs, Any]],
-    gate: AccuracyGate,
-    *,
-    baseline_outputs: Iterable[Outputs] | None = None,
-    class_output: str | None = None,
-    baseline: str = BASELINE,
-) -> ValidationReport:
-    """Runs the variant (and the baseline, unless its outputs are given) over the eval batches.
-
-    Args:
-        variant: The variant's name.
-        baseline_runner: The baseline's runner; may be None when `baseline_outputs` is given.
-        variant_runner: The variant's runner.
-        batches: `(feeds, labels or None)` per batch, in the same order as `baseline_outputs`.
-        gate: The accuracy gate.
-        baseline_outputs: The baseline's outputs per batch, computed once per pipeline run.
-        class_output: See `ValidationAccumulator`.
-        baseline: The baseline's name.
-
-    Raises:
-        UserInputError: The eval data is empty or its labels do not fit.
-    """
-    accumulator = None
-    for feeds, labels, reference in _reference_batches(baseline_runner, batches, baseline_outputs):
-        outputs = variant_runner(feeds)
-        if accumulator is None:
-            names = getattr(baseline_runner, "output_names", None) or tuple(reference)
-            accumulator = ValidationAccumulator(variant, names, class_output, baseline=baseline)
-        accumulator.update(reference, outputs, labels)
-    if accumulator is None:
-        raise UserInputError(
-            f"no evaluation batches to validate {variant} on; check that the eval data holds "
-            ".npz shards"
-        )
-    return accumulator.finish(gate)

@@ -20,7 +20,9 @@ STACK_SCRIPT = REPO / "infra" / "local" / "stack.py"
 # TFOPT_TEST_PORT_OFFSET shifts all of them, so that two checkouts can test side by side.
 _PORT_OFFSET = int(os.environ.get("TFOPT_TEST_PORT_OFFSET") or 0)
 TEST_STACK = {
-    "TFOPT_STACK_DIR": str(REPO / (f".stack-test-{_PORT_OFFSET}" if _PORT_OFFSET else ".stack-test")),  # noqa: E501
+    "TFOPT_STACK_DIR": str(
+        REPO / (f".stack-test-{_PORT_OFFSET}" if _PORT_OFFSET else ".stack-test")
+    ),  # noqa: E501
     "TFOPT_S3_PORT": str(18333 + _PORT_OFFSET),
     "TFOPT_MLFLOW_PORT": str(15050 + _PORT_OFFSET),
     "TFOPT_AIRFLOW_PORT": str(18080 + _PORT_OFFSET),

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tasks.backends.base import (
     Conversion,
     ConversionRequest,
@@ -18,7 +16,7 @@ from tasks.backends.base import (
     check_precision,
 )
 from tasks.errors import UserInputError
-from tasks.signature import Signature
+from tasks.signature import Signature, as_feed
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +56,7 @@ class TfRunner:
 
         self.input_names = signature.input_names
         self.output_names = signature.output_names
-        self._dtypes = {t.name: np.dtype(t.dtype) for t in signature.inputs}
+        self._dtypes = {t.name: t.dtype for t in signature.inputs}
         self._tf = tf
         # Keep the loaded object alive: the signature function only holds weak references.
         self._loaded = tf.saved_model.load(str(artifact_dir))
@@ -72,7 +70,7 @@ class TfRunner:
     def __call__(self, feeds: Feeds) -> Feeds:
         check_feeds(self.input_names, feeds)
         tensors = {
-            name: self._tf.constant(np.asarray(feeds[name], dtype=self._dtypes[name]))
+            name: self._tf.constant(as_feed(feeds[name], self._dtypes[name]))
             for name in self.input_names
         }
         outputs: dict[str, Any] = self._function(**tensors)

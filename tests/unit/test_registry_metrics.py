@@ -13,7 +13,9 @@ def test_variant_metrics_keep_numbers_and_the_conversion_summary():
     from tasks.registry import _numeric_metrics
 
     row = {
-        "metric": 0.966,
+        "metric_name": "top1",
+        "metric_value": 0.966,
+        "metric_details": {"cosine": 0.999, "bad": math.inf},
         "metric_delta": -0.002,
         "p50_ms": 0.048,
         "speedup": None,
@@ -31,6 +33,7 @@ def test_variant_metrics_keep_numbers_and_the_conversion_summary():
     }
     assert _numeric_metrics(row) == {
         "top1": 0.966,
+        "metric.cosine": 0.999,
         "metric_delta": -0.002,
         "p50_ms": 0.048,
         "conversion.trt_engines": 2.0,

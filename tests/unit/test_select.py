@@ -18,8 +18,8 @@ from tasks.select import (
     beats_champion,
     rejection_reason,
     select,
+    with_verdicts,
 )
-from tasks.validate import OutputComparison, ValidationReport
 
 pytestmark = pytest.mark.unit
 
@@ -30,7 +30,7 @@ NO_SLO = LatencySLO()
 def ok(variant, p50, p99=None, throughput=None, delta=0.0, **changes) -> Candidate:
     fields = dict(
         variant=variant,
-        status="OK",
+        status=Status.OK,
         validation_passed=True,
         metric_delta=delta,
         p50_ms=p50,
@@ -39,11 +39,13 @@ def ok(variant, p50, p99=None, throughput=None, delta=0.0, **changes) -> Candida
         metric_name="top1",
     )
     fields.update(changes)
+    if isinstance(fields["status"], str):
+        fields["status"] = Status(fields["status"].upper())
     return Candidate(**fields)
 
 
 def not_run(variant, status, reason) -> Candidate:
-    return Candidate(variant=variant, status=status, reason=reason)
+    return Candidate(variant=variant, status=Status(str(status).upper()), reason=reason)
 
 
 def assert_complete(selection: Selection, candidates) -> None:
@@ -86,7 +88,7 @@ def test_latency_reason_names_the_numbers():
     selection = select(FIELD[:3], objective="latency", gate=GATE, slo=NO_SLO)
     assert selection.reason == (
         "lowest p50 at batch 1 (3.1 ms, 6.9x faster than tf:fp32) among 3 eligible variants "
-        "within 1.00 points of top-1"
+        "that passed the top1 gate (tolerance 0.01)"
     )
 
 
@@ -94,14 +96,14 @@ def test_throughput_reason_names_the_numbers():
     selection = select(FIELD, objective="throughput", gate=GATE, slo=LatencySLO(50.0))
     assert selection.reason == (
         "highest throughput (450.0 samples/s, 5.6x the throughput of tf:fp32) among 4 eligible "
-        "variants within 1.00 points of top-1 and the 50.0 ms p99 budget"
+        "variants that passed the top1 gate (tolerance 0.01) and the 50.0 ms p99 budget"
     )
 
 
-def test_agreement_is_named_when_there_are_no_labels():
-    field = [dataclasses.replace(c, metric_name="agreement") for c in FIELD]
+def test_the_metric_is_named_by_its_own_name():
+    field = [dataclasses.replace(c, metric_name="rmse") for c in FIELD]
     selection = select(field, objective="latency", gate=GATE, slo=NO_SLO)
-    assert selection.reason.endswith("within 1.00 points of agreement with the baseline")
+    assert selection.reason.endswith("that passed the rmse gate (tolerance 0.01)")
 
 
 # --- rejections --------------------------------------------------------------------------------
@@ -145,9 +147,15 @@ def test_agreement_is_named_when_there_are_no_labels():
             "accuracy: not validated",
         ),
         (
-            ok("tflite:int8", 2.0, delta=-0.015),  # passed upstream, but over this gate
+            ok(
+                "tflite:int8",
+                2.0,
+                delta=-0.015,
+                validation_passed=False,
+                validation_reasons=("top-1 accuracy dropped 1.50 points",),
+            ),
             NO_SLO,
-            "accuracy: top-1 dropped 1.50 points, tolerance 1.00",
+            "accuracy: top-1 accuracy dropped 1.50 points",
         ),
         (
             ok(
@@ -189,21 +197,12 @@ def test_no_throughput_measured_under_the_throughput_objective():
     assert why == "no throughput measured"
 
 
-@pytest.mark.parametrize(
-    ("delta", "tolerance", "eligible"),
-    [
-        (0.0, 0.0, True),
-        (-0.01, 0.01, True),
-        (0.91 - 0.92, 0.01, True),  # float noise: exactly one point
-        (-0.0101, 0.01, False),
-        (0.05, 0.0, True),
-        (None, 0.0, True),  # no metric: validation_passed decides
-    ],
-)
-def test_tolerance_boundary(delta, tolerance, eligible):
-    candidates = [ok("tf:fp32", 20.0), ok("tflite:int8", 2.0, delta=delta)]
-    selection = select(candidates, objective="latency", gate=AccuracyGate(tolerance), slo=NO_SLO)
-    assert (selection.chosen == "tflite:int8") is eligible
+@pytest.mark.parametrize("passed", [True, False])
+def test_validation_verdict_decides_accuracy(passed):
+    """The metric's gate is applied once, in validation, in the metric's own terms."""
+    candidates = [ok("tf:fp32", 20.0), ok("tflite:int8", 2.0, delta=-0.5, validation_passed=passed)]
+    selection = select(candidates, objective="latency", gate=GATE, slo=NO_SLO)
+    assert (selection.chosen == "tflite:int8") is passed
 
 
 @pytest.mark.parametrize(("p99", "eligible"), [(9.99, True), (10.0, True), (10.01, False)])
@@ -364,56 +363,29 @@ def test_selection_json_round_trip():
     assert Selection.from_dict(data) == selection
 
 
-def test_candidate_from_dict_round_trip_and_normalisation():
+def test_candidate_from_dict_round_trip():
     candidate = ok("tflite:int8", 2.0, validation_reasons=("x",))
     assert Candidate.from_dict(json.loads(json.dumps(candidate.to_dict()))) == candidate
-    parsed = Candidate.from_dict(
-        {"variant": "tftrt:fp16", "status": Status.SKIPPED, "reason": None, "p50_ms": float("nan")}
-    )
-    assert parsed == Candidate("tftrt:fp16", "SKIPPED")
+    parsed = Candidate.from_dict({"variant": "tftrt:fp16", "status": "SKIPPED", "reason": ""})
+    assert parsed == Candidate("tftrt:fp16", Status.SKIPPED)
 
 
-def test_candidate_from_reports_with_labels():
-    report = ValidationReport(
-        variant="tflite:int8",
-        passed=True,
-        metric_name="top1",
-        metric=0.915,
-        baseline_metric=0.92,
-        metric_delta=-0.005,
-        agreement=0.98,
-        outputs=(OutputComparison("logits", 0.1, 0.01, False, False, True),),
-        samples=1000,
-    )
-    candidate = Candidate.from_reports(
-        "tflite:int8", status=Status.OK, validation=report, p50_ms=2.0, p99_ms=3.0, throughput=900
-    )
-    assert candidate == Candidate(
-        "tflite:int8", "OK", "", True, (), False, -0.005, 2.0, 3.0, 900.0, "top1"
-    )
-
-
-def test_candidate_from_reports_without_labels_uses_agreement():
-    nan_out = OutputComparison("logits", None, None, True, False, True, nan_count=2)
-    report = ValidationReport(
-        variant="tflite:fp16",
-        passed=False,
-        reasons=("outputs contain NaN: 'logits' has 2 NaN values",),
-        agreement=0.97,
-        outputs=(nan_out,),
-        samples=100,
-    )
-    candidate = Candidate.from_reports("tflite:fp16", status="OK", validation=report)
-    assert candidate.metric_name == "agreement"
-    assert candidate.metric_delta == pytest.approx(-0.03)
-    assert candidate.has_nan_or_inf and candidate.validation_passed is False
-    why = rejection_reason(candidate, objective="latency", gate=GATE, slo=NO_SLO)
-    assert why == "outputs contain NaN: 'logits' has 2 NaN values"
-
-
-def test_candidate_from_reports_without_validation():
-    candidate = Candidate.from_reports("tftrt:fp16", status="SKIPPED", reason="no TensorRT")
-    assert candidate == Candidate("tftrt:fp16", "SKIPPED", "no TensorRT")
+def test_verdicts_cover_every_row_with_a_reason():
+    candidates = [
+        *FIELD,
+        ok("tflite:int8x", 1.0, validation_passed=False, validation_reasons=("dropped",)),
+        not_run("tftrt:fp16", "SKIPPED", "no TensorRT"),
+        not_run("openvino:int8", "FAILED", "convert: RuntimeError: boom"),
+    ]
+    selection = select(candidates, objective="latency", gate=GATE, slo=NO_SLO)
+    verdicts = {
+        s.variant: (s.verdict.value, s.verdict_reason) for s in with_verdicts(candidates, selection)
+    }
+    assert verdicts["tflite:fp16"] == ("chosen", selection.reason)
+    assert verdicts["tflite:int8"][0] == "eligible" and "ranked 2" in verdicts["tflite:int8"][1]
+    assert verdicts["tflite:int8x"] == ("rejected", "accuracy: dropped")
+    assert verdicts["tftrt:fp16"] == ("skipped", "no TensorRT")
+    assert verdicts["openvino:int8"] == ("failed", "convert: RuntimeError: boom")
 
 
 # --- beats_champion ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Unit tests of tasks.validate: accuracy gate, agreement, errors, NaN/Inf, streaming, JSON."""
+"""Unit tests of tasks.validate: the metric's gate, errors, NaN/Inf, shapes, streaming, JSON."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ import pytest
 
 from tasks.config import AccuracyGate
 from tasks.errors import UserInputError
-from tasks.validate import (
-    OutputComparison,
-    ValidationAccumulator,
-    ValidationReport,
-    validate_variant,
-)
+from tasks.metrics import OutputChoice, get_metric
+from tasks.validate import OutputComparison, ValidationAccumulator, ValidationReport
 
 pytestmark = pytest.mark.unit
 
@@ -35,15 +31,26 @@ def predictions(labels: np.ndarray, correct: int) -> np.ndarray:
     return classes
 
 
+def accumulator(variant: str, outputs, metric: str = "fidelity", **roles) -> ValidationAccumulator:
+    """An accumulator judging `metric` on `outputs` (fidelity reads every output)."""
+    spec = get_metric(metric)
+    choice = OutputChoice(roles or {name: name for name in outputs})
+    return ValidationAccumulator(variant, outputs, spec, choice)
+
+
+def top1(variant: str = "tflite:int8") -> ValidationAccumulator:
+    return accumulator(variant, ["logits"], "top1", **{"class": "logits"})
+
+
 def one_batch(
     base_correct: int, var_correct: int, n: int = 100, tolerance: float = 0.01
 ) -> ValidationReport:
     labels = np.arange(n) % NUM_CLASSES
-    acc = ValidationAccumulator("tflite:int8", ["logits"])
+    acc = top1()
     acc.update(
         {"logits": logits_for(predictions(labels, base_correct))},
         {"logits": logits_for(predictions(labels, var_correct))},
-        labels,
+        {"labels": labels},
     )
     return acc.finish(AccuracyGate(tolerance))
 
@@ -59,21 +66,6 @@ def is_plain_json(value) -> bool:
     return value is None or type(value) in (str, int, bool)
 
 
-class FakeRunner:
-    """A runner that applies `fn` to the input `x` and counts its calls."""
-
-    input_names = ("x",)
-
-    def __init__(self, fn, output_names=("logits",)):
-        self.fn = fn
-        self.output_names = tuple(output_names)
-        self.calls = 0
-
-    def __call__(self, feeds):
-        self.calls += 1
-        return self.fn(feeds["x"])
-
-
 # --- identical outputs -------------------------------------------------------------------------
 
 
@@ -84,9 +76,7 @@ def test_identical_outputs_pass_with_zero_error():
     assert report.metric_name == "top1"
     assert report.metric == report.baseline_metric == pytest.approx(0.92)
     assert report.metric_delta == 0.0
-    assert report.agreement == 1.0
     assert report.samples == 100
-    assert report.class_output == "logits"
     (out,) = report.outputs
     assert out.max_abs_error == 0.0 and out.mean_abs_error == 0.0
     assert out.shape_match and not out.has_nan and not out.has_inf
@@ -95,7 +85,7 @@ def test_identical_outputs_pass_with_zero_error():
 def test_errors_are_absolute_max_and_mean():
     base = {"y": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)}
     var = {"y": np.array([[1.5, 2.0], [3.0, 3.0]], dtype=np.float32)}
-    acc = ValidationAccumulator("tflite:fp16", ["y"])
+    acc = accumulator("tflite:fp16", ["y"])
     acc.update(base, var)
     (out,) = acc.finish(AccuracyGate(1.0)).outputs
     assert out.max_abs_error == pytest.approx(1.0)
@@ -103,11 +93,10 @@ def test_errors_are_absolute_max_and_mean():
 
 
 def test_integer_outputs_are_compared_as_floats():
-    acc = ValidationAccumulator("tflite:int8", ["ids"])
+    acc = accumulator("tflite:int8", ["ids"])
     acc.update({"ids": np.array([1, 2, 3], dtype=np.int64)}, {"ids": np.array([1, 2, 5])})
     report = acc.finish(AccuracyGate())
     assert report.outputs[0].max_abs_error == 2.0
-    assert report.metric_name is None and report.agreement is None
 
 
 # --- accuracy gate -----------------------------------------------------------------------------
@@ -137,105 +126,38 @@ def test_tolerance_boundary(base_correct, var_correct, tolerance, passed):
 
 def test_drop_reason_gives_both_numbers_in_points():
     report = one_batch(912, 888, n=1000)
-    assert report.reasons == ("top-1 dropped 2.40 points (91.20% -> 88.80%), tolerance 1.00",)
-    assert report.accuracy_drop == pytest.approx(0.024)
+    (reason,) = report.reasons
+    assert "2.40 points" in reason and "91.20%" in reason and "88.80%" in reason
+    assert "&" not in reason  # plain text: each surface escapes for itself
 
 
-def test_agreement_is_reported_with_labels_but_does_not_gate():
-    labels = np.arange(100) % NUM_CLASSES
-    base_classes = predictions(labels, 90)
-    var_classes = base_classes.copy()
-    # the variant is wrong where the baseline was right and right where it was wrong
-    var_classes[85:90] = (labels[85:90] + 1) % NUM_CLASSES
-    var_classes[90:95] = labels[90:95]
-    acc = ValidationAccumulator("tflite:int8", ["logits"])
-    acc.update({"logits": logits_for(base_classes)}, {"logits": logits_for(var_classes)}, labels)
-    report = acc.finish(AccuracyGate(0.01))
-    assert report.passed
-    assert report.agreement == pytest.approx(0.90)
-    assert report.metric_delta == 0.0
+def test_error_metrics_gate_on_the_relative_rise():
+    labels = np.zeros((10, 1), dtype=np.float32)
+    for rise, tolerance, passed in ((0.04, 0.05, True), (0.06, 0.05, False)):
+        acc = accumulator("tflite:int8", ["value"], "rmse", value="value")
+        acc.update(
+            {"value": np.ones((10, 1), np.float32)},
+            {"value": np.full((10, 1), 1 + rise, np.float32)},
+            {"labels": labels[:, 0]},
+        )
+        report = acc.finish(AccuracyGate(tolerance))
+        assert report.metric_name == "rmse" and report.passed is passed
+        assert report.metric_delta == pytest.approx(rise, rel=1e-4)
 
 
-def test_one_hot_labels_equal_class_id_labels():
-    labels = np.arange(40) % NUM_CLASSES
-    base = {"logits": logits_for(predictions(labels, 30))}
-    var = {"logits": logits_for(predictions(labels, 25))}
-    reports = []
-    for given in (labels, np.eye(NUM_CLASSES)[labels], labels.reshape(-1, 1).astype(np.float32)):
-        acc = ValidationAccumulator("v", ["logits"])
-        acc.update(base, var, given)
-        reports.append(acc.finish(AccuracyGate(0.2)))
-    assert reports[0] == reports[1] == reports[2]
-    assert reports[0].metric == pytest.approx(25 / 40)
-
-
-# --- agreement without labels ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("disagree", "tolerance", "passed"),
-    [(0, 0.0, True), (1, 0.01, True), (2, 0.01, False), (5, 0.05, True), (6, 0.05, False)],
-)
-def test_agreement_gates_without_labels(disagree, tolerance, passed):
+def test_fidelity_gates_on_agreement_with_the_baseline():
     classes = np.arange(100) % NUM_CLASSES
-    var_classes = predictions(classes, 100 - disagree)
-    acc = ValidationAccumulator("tflite:int8", ["logits"])
-    acc.update({"logits": logits_for(classes)}, {"logits": logits_for(var_classes)})
-    report = acc.finish(AccuracyGate(tolerance))
-    assert report.metric_name is None
-    assert report.metric is None and report.baseline_metric is None
-    assert report.metric_delta is None
-    assert report.agreement == pytest.approx(1 - disagree / 100)
-    assert report.accuracy_drop == pytest.approx(disagree / 100)
-    assert report.passed is passed
-
-
-def test_agreement_reason_text():
-    classes = np.arange(40) % NUM_CLASSES
-    acc = ValidationAccumulator("tflite:int8", ["logits"])
-    acc.update({"logits": logits_for(classes)}, {"logits": logits_for(predictions(classes, 39))})
-    report = acc.finish(AccuracyGate(0.01))
-    assert report.reasons == (
-        "agreement with the baseline is 97.50% (2.50 points disagree), tolerance 1.00",
-    )
-
-
-def test_regression_output_has_no_class_metrics_and_passes_on_errors_alone():
-    acc = ValidationAccumulator("tflite:fp16", ["value"])
-    acc.update({"value": np.ones((8, 1))}, {"value": np.ones((8, 1)) + 0.5}, np.zeros(8))
-    report = acc.finish(AccuracyGate(0.0))
-    assert report.passed
-    assert report.class_output is None and report.metric_name is None
-    assert report.agreement is None
-    assert report.outputs[0].max_abs_error == pytest.approx(0.5)
-
-
-# --- class output choice -----------------------------------------------------------------------
-
-
-def test_default_class_output_is_first_with_last_dim_above_one():
-    classes = np.arange(20) % 5
-    base = {"score": np.ones((20, 1)), "probs": logits_for(classes, 5), "emb": np.ones((20, 8))}
-    acc = ValidationAccumulator("v", ["score", "probs", "emb"])
-    acc.update(base, dict(base))
-    assert acc.finish(AccuracyGate()).class_output == "probs"
-
-
-def test_explicit_class_output_is_used():
-    classes = np.arange(20) % 5
-    base = {"probs": logits_for(classes, 5), "emb": logits_for(classes, 5)}
-    var = {"probs": logits_for(classes, 5), "emb": logits_for((classes + 1) % 5, 5)}
-    acc = ValidationAccumulator("v", ["probs", "emb"], class_output="emb")
-    acc.update(base, var)
-    report = acc.finish(AccuracyGate(0.5))
-    assert report.class_output == "emb"
-    assert report.agreement == 0.0
-    assert not report.passed
-
-
-def test_unknown_class_output_is_rejected():
-    with pytest.raises(ValueError, match="class_output"):
-        ValidationAccumulator("v", ["logits"], class_output="probs")
+    for disagree, passed in ((1, True), (2, False)):
+        acc = accumulator("tflite:int8", ["logits"])
+        acc.update(
+            {"logits": logits_for(classes)},
+            {"logits": logits_for(predictions(classes, 100 - disagree))},
+        )
+        report = acc.finish(AccuracyGate(0.01))
+        assert report.metric_name == "fidelity" and report.passed is passed
+        assert report.metric == pytest.approx(1 - disagree / 100)
+        assert report.baseline_metric == 1.0
+        assert {"cosine", "max_abs_error"} <= set(report.metric_details)
 
 
 # --- NaN / Inf ---------------------------------------------------------------------------------
@@ -263,7 +185,7 @@ def test_nan_and_inf_fail_with_output_name_and_count(nans, infs, expected):
     var = base.copy()
     var[0, :nans] = np.nan
     var[1, :infs] = -np.inf
-    acc = ValidationAccumulator("tflite:fp16", ["logits"])
+    acc = accumulator("tflite:fp16", ["logits"])
     acc.update({"logits": base}, {"logits": var})
     report = acc.finish(AccuracyGate(1.0))  # a tolerance that would forgive anything else
     assert not report.passed
@@ -280,16 +202,18 @@ def test_nan_in_a_secondary_output_fails():
     emb = np.zeros((4, 3), dtype=np.float32)
     bad = emb.copy()
     bad[2, 1] = np.nan
-    acc = ValidationAccumulator("v", ["logits", "emb"])
+    acc = accumulator("v", ["logits", "emb"], "top1", **{"class": "logits"})
     acc.update(
-        {"logits": logits_for(classes), "emb": emb}, {"logits": logits_for(classes), "emb": bad}
+        {"logits": logits_for(classes), "emb": emb},
+        {"logits": logits_for(classes), "emb": bad},
+        {"labels": classes},
     )
     report = acc.finish(AccuracyGate())
     assert report.reasons == ("outputs contain NaN: 'emb' has 1 NaN values",)
 
 
 def test_all_nan_output_has_no_error_numbers():
-    acc = ValidationAccumulator("v", ["y"])
+    acc = accumulator("v", ["y"])
     acc.update({"y": np.zeros((2, 1))}, {"y": np.full((2, 1), np.nan)})
     (out,) = acc.finish(AccuracyGate()).outputs
     assert out.max_abs_error is None and out.mean_abs_error is None
@@ -303,7 +227,7 @@ def test_all_nan_output_has_no_error_numbers():
     [((8, 10), (8, 11)), ((8, 1), (8,)), ((8,), (8, 1)), ((8, 10), (1, 10)), ((8, 10), (10, 8))],
 )
 def test_shape_mismatch_fails(base_shape, var_shape):
-    acc = ValidationAccumulator("tflite:int8", ["y"])
+    acc = accumulator("tflite:int8", ["y"])
     acc.update({"y": np.zeros(base_shape)}, {"y": np.zeros(var_shape)})
     report = acc.finish(AccuracyGate(1.0))
     assert not report.passed
@@ -314,7 +238,7 @@ def test_shape_mismatch_fails(base_shape, var_shape):
 
 
 def test_shape_mismatch_in_a_later_batch_is_caught():
-    acc = ValidationAccumulator("v", ["y"])
+    acc = accumulator("v", ["y"])
     acc.update({"y": np.zeros((4, 3))}, {"y": np.zeros((4, 3))})
     acc.update({"y": np.zeros((2, 3))}, {"y": np.zeros((4, 3))})
     report = acc.finish(AccuracyGate())
@@ -323,7 +247,7 @@ def test_shape_mismatch_in_a_later_batch_is_caught():
 
 
 def test_missing_output_fails():
-    acc = ValidationAccumulator("v", ["logits", "emb"])
+    acc = accumulator("v", ["logits", "emb"])
     acc.update({"logits": np.zeros((2, 3)), "emb": np.zeros((2, 4))}, {"logits": np.zeros((2, 3))})
     report = acc.finish(AccuracyGate())
     assert not report.passed
@@ -332,18 +256,9 @@ def test_missing_output_fails():
 
 
 def test_extra_variant_outputs_are_ignored():
-    acc = ValidationAccumulator("v", ["y"])
+    acc = accumulator("v", ["y"])
     acc.update({"y": np.zeros((2, 3))}, {"y": np.zeros((2, 3)), "debug": np.ones(5)})
     assert acc.finish(AccuracyGate())
-
-
-def test_class_output_shape_mismatch_excludes_top1_but_fails_on_shape():
-    labels = np.arange(10) % NUM_CLASSES
-    acc = ValidationAccumulator("v", ["logits"])
-    acc.update({"logits": logits_for(labels)}, {"logits": logits_for(labels, 11)}, labels)
-    report = acc.finish(AccuracyGate())
-    assert not report.passed
-    assert report.metric is None and report.agreement is None
 
 
 # --- the baseline ------------------------------------------------------------------------------
@@ -351,7 +266,7 @@ def test_class_output_shape_mismatch_excludes_top1_but_fails_on_shape():
 
 def test_baseline_always_passes_against_itself():
     base = {"logits": np.array([[np.nan, 1.0]], dtype=np.float32)}
-    acc = ValidationAccumulator("tf:fp32", ["logits"])
+    acc = accumulator("tf:fp32", ["logits"])
     acc.update(base, base)
     report = acc.finish(AccuracyGate(0.0))
     assert report.passed and report.reasons == ()
@@ -359,7 +274,9 @@ def test_baseline_always_passes_against_itself():
 
 
 def test_baseline_name_is_configurable():
-    acc = ValidationAccumulator("onnx:fp32", ["y"], baseline="onnx:fp32")
+    acc = ValidationAccumulator(
+        "onnx:fp32", ["y"], get_metric("fidelity"), OutputChoice({"y": "y"}), baseline="onnx:fp32"
+    )
     acc.update({"y": np.zeros((2, 2))}, {"y": np.zeros((2, 3))})
     assert acc.finish(AccuracyGate())
 
@@ -375,18 +292,21 @@ def test_streaming_over_batches_equals_one_big_batch():
     var = {k: v + rng.normal(scale=0.3, size=v.shape) for k, v in base.items()}
     var["emb"][7, 2] = np.inf
 
-    whole = ValidationAccumulator("tflite:int8", ["logits", "emb"])
-    whole.update(base, var, labels)
-    streamed = ValidationAccumulator("tflite:int8", ["logits", "emb"])
+    def make():
+        return accumulator("tflite:int8", ["logits", "emb"], "top1", **{"class": "logits"})
+
+    whole = make()
+    whole.update(base, var, {"labels": labels})
+    streamed = make()
     for lo, hi in [(0, 1), (1, 40), (40, 41), (41, 103)]:
         streamed.update(
             {k: v[lo:hi] for k, v in base.items()},
             {k: v[lo:hi] for k, v in var.items()},
-            labels[lo:hi],
+            {"labels": labels[lo:hi]},
         )
     a, b = whole.finish(AccuracyGate(0.05)), streamed.finish(AccuracyGate(0.05))
     assert (a.passed, a.reasons, a.samples) == (b.passed, b.reasons, b.samples)
-    assert (a.metric, a.baseline_metric, a.agreement) == (b.metric, b.baseline_metric, b.agreement)
+    assert (a.metric, a.baseline_metric) == (b.metric, b.baseline_metric)
     for x, y in zip(a.outputs, b.outputs, strict=True):
         assert x.max_abs_error == y.max_abs_error
         assert x.mean_abs_error == pytest.approx(y.mean_abs_error)
@@ -394,29 +314,13 @@ def test_streaming_over_batches_equals_one_big_batch():
     assert a.samples == n
 
 
-def test_mixed_labelled_and_unlabelled_batches_are_a_user_error():
-    acc = ValidationAccumulator("v", ["logits"])
-    batch = {"logits": logits_for(np.arange(3))}
-    acc.update(batch, batch, np.arange(3))
-    with pytest.raises(UserInputError, match="labels"):
-        acc.update(batch, batch, None)
-
-
-@pytest.mark.parametrize("labels", [np.arange(4), np.array([0.5, 1.0, 2.0])])
-def test_bad_labels_are_a_user_error(labels):
-    acc = ValidationAccumulator("v", ["logits"])
-    batch = {"logits": logits_for(np.arange(3))}
-    with pytest.raises(UserInputError, match="label"):
-        acc.update(batch, batch, labels)
-
-
 def test_no_samples_is_a_user_error():
     with pytest.raises(UserInputError, match="no evaluation samples"):
-        ValidationAccumulator("v", ["y"]).finish(AccuracyGate())
+        accumulator("v", ["y"]).finish(AccuracyGate())
 
 
 def test_baseline_outputs_must_hold_every_output():
-    acc = ValidationAccumulator("v", ["y", "z"])
+    acc = accumulator("v", ["y", "z"])
     with pytest.raises(ValueError, match="baseline outputs lack"):
         acc.update({"y": np.zeros(2)}, {"y": np.zeros(2)})
 
@@ -428,11 +332,11 @@ def test_json_round_trip_of_a_failed_report():
     classes = np.arange(20) % NUM_CLASSES
     var = logits_for(predictions(classes, 10))
     var[0, 0] = np.nan
-    acc = ValidationAccumulator("tflite:int8", ["logits", "emb"])
+    acc = accumulator("tflite:int8", ["logits", "emb"], "top1", **{"class": "logits"})
     acc.update(
         {"logits": logits_for(classes), "emb": np.zeros((20, 2), dtype=np.float32)},
         {"logits": var, "emb": np.full((20, 2), np.nan, dtype=np.float32)},
-        classes,
+        {"labels": classes},
     )
     report = acc.finish(AccuracyGate(0.01))
     data = report.to_dict()
@@ -452,83 +356,3 @@ def test_json_round_trip_of_a_passed_report():
 def test_output_comparison_round_trip():
     out = OutputComparison("y", 0.5, 0.1, True, False, False, 3, 0, (8, 10), (8, 11))
     assert OutputComparison.from_dict(json.loads(json.dumps(out.to_dict()))) == out
-
-
-# --- validate_variant --------------------------------------------------------------------------
-
-
-def make_batches(sizes=(5, 7, 3)):
-    """Feeds `x` of logits, labelled with their argmax (the baseline `x -> x` is always right)."""
-    rng = np.random.default_rng(1)
-    batches = []
-    for n in sizes:
-        x = rng.normal(size=(n, NUM_CLASSES)).astype(np.float32)
-        batches.append(({"x": x}, np.argmax(x, axis=-1)))
-    return batches
-
-
-def test_validate_variant_runs_both_runners():
-    batches = make_batches()
-    baseline = FakeRunner(lambda x: {"logits": x})
-    variant = FakeRunner(lambda x: {"logits": x + 1e-3})
-    report = validate_variant("tflite:fp16", baseline, variant, batches, AccuracyGate())
-    assert report.passed and report.samples == 15
-    assert baseline.calls == variant.calls == 3
-    assert report.outputs[0].max_abs_error == pytest.approx(1e-3, rel=1e-3)
-    assert report.metric_name == "top1" and report.agreement == 1.0
-
-
-def test_validate_variant_uses_precomputed_baseline_outputs():
-    batches = make_batches()
-    reference = [{"logits": feeds["x"]} for feeds, _ in batches]
-    variant = FakeRunner(lambda x: {"logits": -x})
-    report = validate_variant(
-        "tflite:int8", None, variant, batches, AccuracyGate(), baseline_outputs=iter(reference)
-    )
-    assert not report.passed
-    assert report.baseline_metric == 1.0 and report.metric < 0.5
-    assert report.agreement < 0.5
-    assert variant.calls == 3
-
-
-def test_validate_variant_never_calls_the_baseline_runner_when_outputs_are_given():
-    def boom(_x):
-        raise AssertionError("baseline runner called")
-
-    batches = make_batches((4,))
-    reference = [{"logits": batches[0][0]["x"]}]
-    report = validate_variant(
-        "tflite:fp32",
-        FakeRunner(boom),
-        FakeRunner(lambda x: {"logits": x}),
-        batches,
-        AccuracyGate(),
-        baseline_outputs=reference,
-    )
-    assert report
-
-
-@pytest.mark.parametrize("n_reference", [2, 4])
-def test_validate_variant_rejects_misaligned_baseline_outputs(n_reference):
-    batches = make_batches()
-    reference = [{"logits": np.zeros((5, NUM_CLASSES))}] * n_reference
-    with pytest.raises(ValueError, match="different numbers of batches"):
-        validate_variant(
-            "v",
-            None,
-            FakeRunner(lambda x: {"logits": x}),
-            batches,
-            AccuracyGate(),
-            baseline_outputs=reference,
-        )
-
-
-def test_validate_variant_without_batches_is_a_user_error():
-    runner = FakeRunner(lambda x: {"logits": x})
-    with pytest.raises(UserInputError, match="no evaluation batches"):
-        validate_variant("v", runner, runner, [], AccuracyGate())
-
-
-def test_validate_variant_needs_a_baseline_source():
-    with pytest.raises(ValueError, match="baseline_runner"):
-        validate_variant("v", None, FakeRunner(lambda x: {}), make_batches(), AccuracyGate())
