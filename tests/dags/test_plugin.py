@@ -177,7 +177,9 @@ LOAD_CHECK = textwrap.dedent(
         "errors": plugins_manager.get_import_errors(),
         "heavy": sorted(
             m for m in loaded
-            if m.split(".")[0] in heavy or (m.startswith("tasks") and m not in light_tasks)
+            if m.split(".")[0] in heavy or (m.startswith("tasks")
+                and m not in light_tasks
+                and not m.startswith("tasks.storage."))
         ),
     }, default=str))
     """

@@ -28,12 +28,12 @@ def s3(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("TFOPT_BUCKET", BUCKET)
     monkeypatch.setenv("TFOPT_CACHE_DIR", str(tmp_path / "cache"))
-    storage._cached_client.cache_clear()
+    storage.s3._cached_client.cache_clear()
     with mock_aws():
         client = storage.s3_client()
         client.create_bucket(Bucket=BUCKET)
         yield client
-    storage._cached_client.cache_clear()
+    storage.s3._cached_client.cache_clear()
 
 
 def make_tree(root: Path, files: dict[str, bytes] | None = None) -> Path:
@@ -142,7 +142,7 @@ def test_error_mapping():
     ]
     for raised, expected, message in cases:
         with pytest.raises(expected, match=message):
-            with storage._s3_errors("s3://bkt/k", "read"):
+            with storage.s3._s3_errors("s3://bkt/k", "read"):
                 raise raised
 
 
