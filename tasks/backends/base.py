@@ -25,6 +25,21 @@ class BackendUnavailableError(TfoptError):
         self.reason = reason
 
 
+class ConverterError(TfoptError):
+    """A converter or its runtime rejected the model; `ops` are the op types it named."""
+
+    def __init__(self, message: str, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.ops = ops
+
+
+class UnsplittableGraphError(UserInputError):
+    """The serving graph has ops no converter takes, and they do not form a leading prefix.
+
+    The message names the op types and where they sit in the graph.
+    """
+
+
 @dataclass(frozen=True)
 class ConversionRequest:
     """What a backend needs to build one variant from the exported SavedModel."""

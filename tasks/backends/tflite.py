@@ -12,74 +12,183 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import re
+import tempfile
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tasks.backends.base import (
+    CalibrationData,
     Conversion,
     ConversionRequest,
+    ConverterError,
     Feeds,
+    Runner,
+    UnsplittableGraphError,
     check_feeds,
     check_precision,
 )
-from tasks.errors import UserInputError
-from tasks.signature import Signature
+from tasks.backends.graph_split import (
+    GraphSplit,
+    PrefixRunner,
+    SplitRunner,
+    core_calibration,
+    find_split,
+    read_split,
+    write_split,
+)
+from tasks.backends.tf import set_tf_threads
+from tasks.errors import TfoptError, UserInputError
+from tasks.signature import Signature, TensorInfo
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.tflite"
 IO_DTYPE = "float32"
 _MAX_CACHED_SHAPES = 8
+CONVERTIBLE_OPS = frozenset({"NonMaxSuppressionV4", "NonMaxSuppressionV5"})
+"""Ops graph_split denies in general that LiteRT has builtins for."""
 
 
-def _representative_dataset(request: ConversionRequest, counter: Counter) -> Any:
+def _representative_dataset(
+    signature: Signature, calibration_data: CalibrationData, counter: Counter
+) -> Any:
     """The converter's `representative_dataset`: calibration feeds keyed by signature input."""
-    dtypes = {t.name: np.dtype(t.dtype) for t in request.signature.inputs}
+    dtypes = {t.name: np.dtype(t.dtype) for t in signature.inputs}
 
     def generate() -> Iterator[dict[str, np.ndarray]]:
-        for feeds in request.calibration_data():
-            check_feeds(request.signature.input_names, feeds)
+        for feeds in calibration_data():
+            check_feeds(signature.input_names, feeds)
             counter["samples"] += 1
             yield {name: np.asarray(feeds[name], dtype=dtypes[name]) for name in dtypes}
 
     return generate
 
 
+def _first_calibration_feeds(request: ConversionRequest) -> Feeds | None:
+    return next(iter(request.calibration_data()), None)
+
+
 def _require_calibration_data(request: ConversionRequest) -> None:
-    if next(iter(request.calibration_data()), None) is None:
+    if _first_calibration_feeds(request) is None:
         raise UserInputError(
             "tflite:int8 needs calibration data, but calibration_data_uri yielded no batch; "
             "point it at a folder of .npz shards named like the model inputs"
         )
 
 
-def _convert_bytes(request: ConversionRequest, counter: Counter) -> bytes:
-    """Runs TFLiteConverter on the SavedModel at the requested precision."""
+def concrete_signature(signature: Signature, sample: Feeds | None) -> Signature:
+    """`signature` with unknown non-batch input dims taken from a sample feed, when one is given.
+
+    XNNPack cannot plan a model whose spatial dims are unknown; the data fixes them.
+    """
+    inputs = []
+    for tensor in signature.inputs:
+        if None in tensor.shape[1:] and sample is not None and tensor.name in sample:
+            dims = np.shape(sample[tensor.name])[1:]
+            tensor = replace(tensor, shape=(None, *(int(d) for d in dims)))
+        inputs.append(tensor)
+    return replace(signature, inputs=tuple(inputs))
+
+
+def _concrete_function(saved_model_dir: Path, signature: Signature) -> tuple[Any, Any]:
+    """The signature traced with its concrete input shapes, and the object that keeps it alive."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(request.saved_model_dir), signature_keys=[request.signature.key]
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    function = loaded.signatures[signature.key]
+    names = signature.input_names
+    specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in signature.inputs]
+
+    def serve(*args: Any) -> Any:
+        return function(**dict(zip(names, args, strict=True)))
+
+    return tf.function(serve, input_signature=specs).get_concrete_function(), loaded
+
+
+def unsupported_ops(text: str) -> tuple[str, ...]:
+    """The TensorFlow op types a LiteRT converter or interpreter error names (`tf.X`, `FlexX`)."""
+    names = set(re.findall(r"\btf\.([A-Z]\w*)", text))
+    names.update(re.findall(r"\bFlex([A-Z]\w*)", text))
+    names.update(
+        name.strip()
+        for line in re.findall(r"Custom ops: ([^\n]+)", text)
+        for name in line.split(",")
+        if name.strip()
     )
-    if request.precision == "fp16":
+    return tuple(sorted(names))
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _converter_error(exc: Exception, stage: str) -> ConverterError:
+    ops = unsupported_ops(str(exc))
+    if ops:
+        return ConverterError(f"{stage} does not support the ops {', '.join(ops)}", ops)
+    text = str(exc).split("\n", 1)[0] if str(exc) else type(exc).__name__
+    return ConverterError(f"{stage} failed ({type(exc).__name__}): {_one_line(text)}")
+
+
+def _convert_bytes(
+    saved_model_dir: Path,
+    signature: Signature,
+    precision: str,
+    calibration_data: CalibrationData,
+    counter: Counter,
+) -> bytes:
+    """Runs TFLiteConverter on the SavedModel's signature, traced at its concrete input shapes."""
+    import tensorflow as tf
+
+    function, loaded = _concrete_function(saved_model_dir, signature)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
+    if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif request.precision == "int8":
-        _require_calibration_data(request)
+    elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative_dataset(request, counter)
+        converter.representative_dataset = _representative_dataset(
+            signature, calibration_data, counter
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
     with warnings.catch_warnings():
         # The calibrator uses tf.lite.Interpreter internally; its deprecation notice is not ours.
         warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-        return converter.convert()
+        try:
+            return converter.convert()
+        except TfoptError:
+            raise
+        except Exception as exc:  # the converter raises many types; all mean "cannot convert"
+            raise _converter_error(exc, "LiteRT's converter") from exc
+
+
+def check_runs(content: bytes) -> None:
+    """Allocates and invokes the converted model once on zeros, as the interpreter will.
+
+    Raises:
+        ConverterError: the interpreter cannot run it (e.g. Flex or custom ops it does not link).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=content, num_threads=1)
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as exc:
+        raise _converter_error(exc, "the LiteRT interpreter") from exc
 
 
 REPRODUCE_FILE = "reproduce.py"
@@ -87,8 +196,11 @@ _REPRODUCE = '''"""Re-run the LiteRT conversion that made model.tflite (tfopt, t
 
     python reproduce.py SAVED_MODEL_DIR [--calibration-dir DIR] [--output model.tflite]
 
-INT8 calibrates on the .npz shards in --calibration-dir: one array per model input, one sample
-at a time, as tfopt did.
+SAVED_MODEL_DIR is the exported model. The signature is traced with the input shapes tfopt used.
+When BOUNDARY is set, the graph was split: its prefix (decoding) stays in TensorFlow and only the
+core, from the BOUNDARY tensors to the outputs, is converted, as tfopt did. INT8 calibrates on the
+.npz shards in --calibration-dir: one array per model input, one sample at a time (through the
+prefix when split).
 """
 
 import argparse
@@ -96,17 +208,50 @@ import glob
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 PRECISION = {precision!r}
 SIGNATURE_KEY = {key!r}
-INPUTS = {inputs!r}  # name -> dtype
+INPUTS = {inputs!r}  # name -> (dtype, shape)
+BOUNDARY = {boundary!r}  # graph tensors where the converted core starts (empty: no split)
+CORE_INPUTS = {core_inputs!r}  # core input name -> (dtype, shape)
 
 
-def representative_dataset(directory):
+def traced(function, inputs):
+    specs = [tf.TensorSpec(shape, dtype, name=name) for name, (dtype, shape) in inputs.items()]
+    return tf.function(function, input_signature=specs).get_concrete_function()
+
+
+def split(signature):
+    """The prefix and the core of the signature, cut at BOUNDARY."""
+    frozen = convert_variables_to_constants_v2(signature, lower_control_flow=False)
+    graph_def = frozen.graph.as_graph_def()
+    wrapped = tf.compat.v1.wrap_function(
+        lambda: tf.graph_util.import_graph_def(graph_def, name=""), []
+    )
+    get = wrapped.graph.get_tensor_by_name
+    inputs = dict(zip(sorted(signature.structured_input_signature[1]), frozen.inputs))
+    outputs = dict(zip(sorted(signature.structured_outputs), frozen.outputs))
+    boundary = [get(name) for name in BOUNDARY]
+    prefix = wrapped.prune(
+        feeds=[get(inputs[name].name) for name in INPUTS],
+        fetches=dict(zip(CORE_INPUTS, boundary)),
+    )
+    core = wrapped.prune(feeds=boundary, fetches={{n: get(t.name) for n, t in outputs.items()}})
+    return wrapped, prefix, core
+
+
+def samples(directory, prefix):
     for path in sorted(glob.glob(f"{{directory}}/**/*.npz", recursive=True)):
         with np.load(path, allow_pickle=False) as shard:
-            for i in range(len(shard[next(iter(INPUTS))])):
-                yield {{name: shard[name][i : i + 1].astype(t) for name, t in INPUTS.items()}}
+            arrays = {{name: shard[name] for name in INPUTS}}
+        for i in range(len(next(iter(arrays.values())))):
+            feeds = {{name: arrays[name][i : i + 1] for name in INPUTS}}
+            if prefix is None:
+                yield {{name: feeds[name].astype(dtype) for name, (dtype, _) in INPUTS.items()}}
+            else:
+                values = prefix(*(tf.constant(feeds[name]) for name in INPUTS))
+                yield {{name: value.numpy() for name, value in values.items()}}
 
 
 def main():
@@ -115,9 +260,16 @@ def main():
     parser.add_argument("--calibration-dir")
     parser.add_argument("--output", default="model.tflite")
     args = parser.parse_args()
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        args.saved_model_dir, signature_keys=[SIGNATURE_KEY]
-    )
+    loaded = tf.saved_model.load(args.saved_model_dir)
+    signature = loaded.signatures[SIGNATURE_KEY]
+    prefix = None
+    if BOUNDARY:
+        wrapped, prefix, core = split(signature)  # wrapped keeps prefix and core alive
+        function = traced(lambda *args: core(*args), CORE_INPUTS)
+    else:
+        names = list(INPUTS)
+        function = traced(lambda *args: signature(**dict(zip(names, args))), INPUTS)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     if PRECISION == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -125,7 +277,7 @@ def main():
         if not args.calibration_dir:
             parser.error("int8 needs --calibration-dir")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: representative_dataset(args.calibration_dir)
+        converter.representative_dataset = lambda: samples(args.calibration_dir, prefix)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
@@ -138,13 +290,25 @@ if __name__ == "__main__":
 '''
 
 
-def write_reproduce_script(path: Path, request: ConversionRequest) -> Path:
-    """A standalone script with this conversion's exact settings (kept next to the artifact)."""
+def write_reproduce_script(
+    path: Path, request: ConversionRequest, signature: Signature, split: GraphSplit | None
+) -> Path:
+    """A standalone script with this conversion's exact settings (kept next to the artifact).
+
+    `signature` is the one converted (concrete input shapes); `split`, if any, the graph's cut
+    (then the script takes the model's own inputs, and converts the core from the boundary on).
+    """
+
+    def described(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[str, list]]:
+        return {t.name: (t.dtype, list(t.shape)) for t in tensors}
+
     path.write_text(
         _REPRODUCE.format(
             precision=request.precision,
             key=request.signature.key,
-            inputs={t.name: t.dtype for t in request.signature.inputs},
+            inputs=described(request.signature.inputs if split else signature.inputs),
+            boundary=list(split.boundary) if split else [],
+            core_inputs=described(split.core_signature.inputs) if split else {},
         )
     )
     return path
@@ -292,6 +456,70 @@ class TfliteRunner:
         return outputs
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What the converter gets: the whole SavedModel, or the numeric core of a split graph."""
+
+    saved_model_dir: Path
+    signature: Signature
+    calibration_data: CalibrationData
+    split: GraphSplit | None
+
+
+def _target(request: ConversionRequest, split: GraphSplit | None, sample: Feeds | None) -> _Target:
+    if split is None:
+        signature = concrete_signature(request.signature, sample)
+        return _Target(request.saved_model_dir, signature, request.calibration_data, None)
+    calibration = core_calibration(split, request.calibration_data)
+    return _Target(split.core_dir, split.core_signature, calibration, split)
+
+
+def _convert_checked(target: _Target, precision: str, counter: Counter) -> bytes:
+    counter.clear()
+    content = _convert_bytes(
+        target.saved_model_dir, target.signature, precision, target.calibration_data, counter
+    )
+    check_runs(content)
+    return content
+
+
+def _convert(request: ConversionRequest, work_dir: Path, counter: Counter) -> tuple[bytes, _Target]:
+    """Converts the model, or its core when a prefix must stay in TensorFlow.
+
+    When the converter names ops it does not take, they are tried as a TensorFlow prefix once.
+    """
+    sample = _first_calibration_feeds(request)
+    split = find_split(
+        request.saved_model_dir,
+        request.signature,
+        work_dir=work_dir / "split",
+        sample=sample,
+        convertible=CONVERTIBLE_OPS,
+    )
+    target = _target(request, split, sample)
+    try:
+        return _convert_checked(target, request.precision, counter), target
+    except ConverterError as exc:
+        if not exc.ops:
+            raise
+        try:
+            split = find_split(
+                request.saved_model_dir,
+                request.signature,
+                work_dir=work_dir / "split-unsupported",
+                sample=sample,
+                extra_unconvertible=exc.ops,
+                convertible=CONVERTIBLE_OPS,
+            )
+        except UnsplittableGraphError as unsplittable:
+            raise ConverterError(f"{exc}; {unsplittable}", exc.ops) from unsplittable
+        if split is None:
+            raise
+        log.info("LiteRT does not take %s; keeping them in a TensorFlow prefix", exc.ops)
+        target = _target(request, split, sample)
+        return _convert_checked(target, request.precision, counter), target
+
+
 class TfliteBackend:
     """LiteRT on CPU: FP32, FP16 (float16 weights) and full-integer INT8."""
 
@@ -305,39 +533,64 @@ class TfliteBackend:
         return None
 
     def convert(self, request: ConversionRequest) -> Conversion:
-        """Converts the SavedModel to `model.tflite` in `request.output_dir`."""
+        """Converts the SavedModel (or the core of its split) to `model.tflite`.
+
+        Raises:
+            ConverterError: the converter or the interpreter rejects ops (named in the message).
+            UnsplittableGraphError: ops no converter takes do not form a leading prefix.
+        """
         check_precision(self.name, self.precisions, request.precision)
+        if request.precision == "int8":
+            _require_calibration_data(request)
         output_dir = Path(request.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         counter: Counter = Counter()
         started = time.perf_counter()
-        content = _convert_bytes(request, counter)
+        with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as work_dir:
+            content, target = _convert(request, Path(work_dir), counter)
+            if target.split is not None:
+                write_split(target.split, output_dir)
         seconds = time.perf_counter() - started
         (output_dir / MODEL_FILE).write_bytes(content)
         request.signature.write(output_dir)
-        write_reproduce_script(output_dir / REPRODUCE_FILE, request)
-        ops = op_counts(content)
-        summary: dict[str, Any] = {
-            "size_bytes": len(content),
-            "conversion_seconds": round(seconds, 3),
-            "io_dtype": IO_DTYPE,
-            "op_counts": ops,
-            "num_ops": sum(ops.values()),
-        }
-        if request.precision == "int8":
-            summary["calibration_samples"] = counter["samples"]
+        write_reproduce_script(output_dir / REPRODUCE_FILE, request, target.signature, target.split)
+        summary = _summary(content, seconds, request.precision, counter, target.split)
         log.info(
-            "tflite:%s converted in %.1f s: %s bytes, %s ops",
+            "tflite:%s converted in %.1f s: %s bytes, %s ops%s",
             request.precision,
             seconds,
             summary["size_bytes"],
             summary["num_ops"],
+            f", {', '.join(target.split.tf_ops)} left in TensorFlow" if target.split else "",
         )
         return Conversion(artifact_dir=output_dir, summary=summary)
 
-    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> TfliteRunner:
-        """Loads `model.tflite` into a LiteRT interpreter with `num_threads` threads."""
+    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> Runner:
+        """Loads `model.tflite` into LiteRT, behind the TensorFlow prefix of a split graph."""
         model_path = Path(artifact_dir) / MODEL_FILE
         if not model_path.is_file():
             raise UserInputError(f"{artifact_dir} holds no {MODEL_FILE}; convert the variant first")
-        return TfliteRunner(model_path, signature, num_threads)
+        split = read_split(artifact_dir)
+        if split is None:
+            return TfliteRunner(model_path, signature, num_threads)
+        set_tf_threads(num_threads)
+        core = TfliteRunner(model_path, split.core_signature, num_threads)
+        return SplitRunner(PrefixRunner(split.prefix_dir), core)
+
+
+def _summary(
+    content: bytes, seconds: float, precision: str, counter: Counter, split: GraphSplit | None
+) -> dict[str, Any]:
+    ops = op_counts(content)
+    summary: dict[str, Any] = {
+        "size_bytes": len(content),
+        "conversion_seconds": round(seconds, 3),
+        "io_dtype": IO_DTYPE,
+        "op_counts": ops,
+        "num_ops": sum(ops.values()),
+    }
+    if precision == "int8":
+        summary["calibration_samples"] = counter["samples"]
+    if split is not None:
+        summary["split"] = {"tf_ops": list(split.tf_ops), "boundary": list(split.boundary)}
+    return summary
