@@ -29,6 +29,7 @@ from tasks.backends.base import (
     check_feeds,
     check_precision,
 )
+from tasks.backends.graph_split import feed_array
 from tasks.backends.tf import TfRunner, directory_size, set_tf_threads
 from tasks.errors import UserInputError
 from tasks.signature import Signature
@@ -40,6 +41,7 @@ SUMMARY_FILE = "trt_summary.txt"
 PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 MINIMUM_SEGMENT_SIZE = 3
 LAST_TF_WITH_TENSORRT = (2, 17)
+STRING = "string"
 _TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly")
 _WHERE_TO_RUN = (
     "run tftrt variants on a GPU worker with TF 2.17 + TensorRT 8.6 "
@@ -129,19 +131,30 @@ def converter_kwargs(request: ConversionRequest, trt: Any) -> dict[str, Any]:
     }
 
 
+def converter_feed(value: Any, dtype: str) -> Any:
+    """One input as the converter gets it: a tf.string tensor for strings, else a numpy array."""
+    array = feed_array(value, dtype)
+    if dtype != STRING:
+        return array
+    import tensorflow as tf
+
+    return tf.constant(array, dtype=tf.string)
+
+
 def calibration_input_fn(request: ConversionRequest) -> Callable[[], Iterator[Feeds]]:
     """INT8 calibration feeds, one `{input_name: array}` dict per calibration batch, in order.
 
     Dicts, not tuples: the converter calls its function with positional arguments in the frozen
     graph's order (input names sorted), not the signature's order, so a tuple could silently feed
-    one input into another. `trt_convert` passes a dict as keyword arguments.
+    one input into another. `trt_convert` passes a dict as keyword arguments. String inputs (e.g.
+    encoded images the graph decodes) go in as tf.string tensors.
     """
-    dtypes = {t.name: np.dtype(t.dtype) for t in request.signature.inputs}
+    dtypes = {t.name: t.dtype for t in request.signature.inputs}
 
     def generate() -> Iterator[Feeds]:
         for feeds in request.calibration_data():
             check_feeds(request.signature.input_names, feeds)
-            yield {name: np.asarray(feeds[name], dtype=dtype) for name, dtype in dtypes.items()}
+            yield {name: converter_feed(feeds[name], dtype) for name, dtype in dtypes.items()}
 
     return generate
 
@@ -153,12 +166,7 @@ def engine_input_shapes(request: ConversionRequest) -> list[dict[str, tuple[int,
     """
     sample: Feeds | None = None
     if any(None in t.shape[1:] for t in request.signature.inputs):
-        sample = next(iter(request.calibration_data()), None)
-        if sample is None:
-            raise UserInputError(
-                "the model has unknown non-batch input dimensions and the calibration data is "
-                "empty; TF-TRT needs one calibration batch to know the shapes to build engines for"
-            )
+        sample = _build_sample(request, "has unknown non-batch input dimensions")
     shapes = []
     for batch in request.batch_sizes:
         per_input = {}
@@ -172,15 +180,45 @@ def engine_input_shapes(request: ConversionRequest) -> list[dict[str, tuple[int,
     return shapes
 
 
+def _build_sample(request: ConversionRequest, why: str) -> Feeds:
+    sample = next(iter(request.calibration_data()), None)
+    if sample is None:
+        raise UserInputError(
+            f"the model {why} and the calibration data is empty; TF-TRT needs one calibration "
+            "batch to build its engines: give calibration_data_uri (or eval data to hold out from)"
+        )
+    check_feeds(request.signature.input_names, sample)
+    return sample
+
+
+def _rows(value: np.ndarray, batch: int) -> np.ndarray:
+    """`batch` rows cycled from `value` (a calibration batch of any size)."""
+    return np.take(value, np.arange(batch) % len(value), axis=0)
+
+
 def build_input_fn(
     request: ConversionRequest, shapes: list[dict[str, tuple[int, ...]]]
 ) -> Callable[[], Iterator[Feeds]]:
-    """`build()` feeds: zeros of each shape set, one per requested batch size."""
-    dtypes = {t.name: np.dtype(t.dtype) for t in request.signature.inputs}
+    """`build()` feeds, one per requested batch size: zeros of each shape for numeric inputs.
+
+    String inputs (encoded images, serialized examples) cannot be zeros: the graph decodes them
+    before any engine runs, so they come from the first calibration batch, cycled to the batch.
+    """
+    dtypes = {t.name: t.dtype for t in request.signature.inputs}
+    sample = None
+    if STRING in dtypes.values():
+        sample = _build_sample(request, "has string inputs")
 
     def generate() -> Iterator[Feeds]:
         for per_input in shapes:
-            yield {name: np.zeros(shape, dtype=dtypes[name]) for name, shape in per_input.items()}
+            feeds: Feeds = {}
+            for name, shape in per_input.items():
+                if dtypes[name] == STRING and sample is not None:
+                    rows = _rows(feed_array(sample[name], STRING), shape[0])
+                    feeds[name] = converter_feed(rows, STRING)
+                else:
+                    feeds[name] = np.zeros(shape, dtype=np.dtype(dtypes[name]))
+            yield feeds
 
     return generate
 
@@ -235,6 +273,7 @@ class TfTrtBackend:
         trt = _trt_module()
         kwargs = converter_kwargs(request, trt)
         shapes = engine_input_shapes(request)
+        build_feeds = build_input_fn(request, shapes)
         output_dir = Path(request.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_reproduce_script(output_dir / REPRODUCE_FILE, kwargs, request, shapes)
@@ -244,7 +283,7 @@ class TfTrtBackend:
             converter.convert(calibration_input_fn=calibration_input_fn(request))
         else:
             converter.convert()
-        converter.build(input_fn=build_input_fn(request, shapes))
+        converter.build(input_fn=build_feeds)
         converter.save(str(output_dir))
         seconds = time.perf_counter() - started
         summary, text = conversion_summary(converter)
@@ -285,6 +324,8 @@ _REPRODUCE_TEMPLATE = '''\
 Generated by tfopt. Needs TensorFlow built with TensorRT (TF 2.17 + TensorRT 8.6, or NVIDIA's
 TensorFlow container) and a GPU. INT8 needs --calibration-dir: a folder of .npz shards, one array
 per model input named as below, rows along axis 0 (each row is one batch-1 calibration feed).
+A model with string inputs (encoded images it decodes) needs it for every precision: its engines
+are built on the first calibration rows, as tfopt did, since zeros do not decode.
 """
 
 import argparse
@@ -292,6 +333,7 @@ import glob
 import os
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.python.compiler.tensorrt import trt_convert as trt
 
 CONVERTER_KWARGS = {kwargs}
@@ -299,24 +341,42 @@ INPUT_DTYPES = {dtypes}
 ENGINE_INPUT_SHAPES = {shapes}
 
 
+def feed(value, dtype):
+    return tf.constant(value, tf.string) if dtype == "string" else value.astype(dtype)
+
+
+def calibration_rows(calibration_dir):
+    for path in sorted(glob.glob(os.path.join(calibration_dir, "*.npz"))):
+        with np.load(path, allow_pickle=False) as shard:
+            arrays = {{name: shard[name] for name in INPUT_DTYPES}}
+        for row in range(len(next(iter(arrays.values())))):
+            yield {{name: arrays[name][row : row + 1] for name in INPUT_DTYPES}}
+
+
 def calibration_input_fn(calibration_dir):
     def generate():
-        for path in sorted(glob.glob(os.path.join(calibration_dir, "*.npz"))):
-            with np.load(path, allow_pickle=False) as shard:
-                arrays = {{name: shard[name] for name in INPUT_DTYPES}}
-            rows = len(next(iter(arrays.values())))
-            for row in range(rows):
-                yield {{
-                    name: arrays[name][row : row + 1].astype(dtype)
-                    for name, dtype in INPUT_DTYPES.items()
-                }}
+        for rows in calibration_rows(calibration_dir):
+            yield {{name: feed(rows[name], dtype) for name, dtype in INPUT_DTYPES.items()}}
 
     return generate
 
 
-def build_input_fn():
-    for per_input in ENGINE_INPUT_SHAPES:
-        yield {{name: np.zeros(shape, INPUT_DTYPES[name]) for name, shape in per_input.items()}}
+def build_input_fn(calibration_dir):
+    first = next(calibration_rows(calibration_dir)) if calibration_dir else None
+
+    def generate():
+        for per_input in ENGINE_INPUT_SHAPES:
+            feeds = {{}}
+            for name, shape in per_input.items():
+                dtype = INPUT_DTYPES[name]
+                if dtype == "string":
+                    rows = np.take(first[name], np.arange(shape[0]) % len(first[name]), axis=0)
+                    feeds[name] = feed(rows, dtype)
+                else:
+                    feeds[name] = np.zeros(shape, dtype)
+            yield feeds
+
+    return generate
 
 
 def main():
@@ -325,6 +385,8 @@ def main():
     parser.add_argument("--output", default="reproduced_tftrt")
     parser.add_argument("--calibration-dir")
     args = parser.parse_args()
+    if "string" in INPUT_DTYPES.values() and not args.calibration_dir:
+        parser.error("a model with string inputs needs --calibration-dir to build its engines")
     kwargs = dict(CONVERTER_KWARGS, input_saved_model_dir=args.saved_model)
     converter = trt.TrtGraphConverterV2(**kwargs)
     if kwargs["use_calibration"] and kwargs["precision_mode"].upper() == "INT8":
@@ -333,7 +395,7 @@ def main():
         converter.convert(calibration_input_fn=calibration_input_fn(args.calibration_dir))
     else:
         converter.convert()
-    converter.build(input_fn=build_input_fn)
+    converter.build(input_fn=build_input_fn(args.calibration_dir))
     converter.save(args.output)
     converter.summary()
 

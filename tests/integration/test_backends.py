@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,127 @@ def test_tflite_int8_reproduce_script_rebuilds_the_same_model(tiny, tmp_path):
     original = (conversion.artifact_dir / MODEL_FILE).read_bytes()
     assert tflite.op_counts(rebuilt.read_bytes()) == tflite.op_counts(original)
     assert abs(len(rebuilt.read_bytes()) - len(original)) < 0.02 * len(original)
+
+
+class GraphRunningConverter:
+    """Stands in for TrtGraphConverterV2 without TensorRT: runs the real graph on every feed.
+
+    As the real converter does, it calls the SavedModel's signature with each dict from
+    `calibration_input_fn` and `build`'s `input_fn` as keyword arguments (after
+    `convert_to_tensor`), so feeds that the graph cannot take fail here as they would there.
+    """
+
+    instances: list[GraphRunningConverter] = []
+
+    def __init__(self, **kwargs):
+        import tensorflow as tf
+
+        self.kwargs = kwargs
+        self._loaded = tf.saved_model.load(kwargs["input_saved_model_dir"])
+        self._function = self._loaded.signatures[kwargs["input_saved_model_signature_key"]]
+        self.fed: list[dict] = []
+        self.outputs: list[dict] = []
+        GraphRunningConverter.instances.append(self)
+
+    def _run(self, feeds):
+        import tensorflow as tf
+
+        assert isinstance(feeds, dict), "feeds must be keyed by input name"
+        self.fed.append(feeds)
+        tensors = {name: tf.convert_to_tensor(value) for name, value in feeds.items()}
+        self.outputs.append({k: v.numpy() for k, v in self._function(**tensors).items()})
+
+    def convert(self, calibration_input_fn=None):
+        for feeds in calibration_input_fn() if calibration_input_fn else ():
+            self._run(feeds)
+
+    def build(self, input_fn):
+        for feeds in input_fn():
+            self._run(feeds)
+
+    def save(self, output_saved_model_dir):
+        import shutil
+
+        shutil.copytree(
+            self.kwargs["input_saved_model_dir"], output_saved_model_dir, dirs_exist_ok=True
+        )
+
+    def summary(self, line_length=160, detailed=True, print_fn=None):
+        print_fn("[*] Total number of TensorRT engines: 0")
+
+
+@pytest.fixture
+def jpeg_classifier(tmp_path):
+    """A SavedModel taking JPEG bytes, decoding them in-graph, then a small CNN."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    kernel = tf.constant(rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32))
+
+    def serve(image_bytes):
+        def decode(image):
+            return tf.cast(tf.io.decode_jpeg(image, channels=3), tf.float32) / 255.0
+
+        spec = tf.TensorSpec([16, 16, 3], tf.float32)
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=spec)
+        hidden = tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME"))
+        return {"scores": tf.reduce_mean(hidden, axis=[1, 2])}
+
+    module = tf.Module()
+    module.serve = tf.function(
+        serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    directory = tmp_path / "jpeg"
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    images, _ = _images(6, seed=4)
+    jpegs = [tf.io.encode_jpeg((image * 255).astype(np.uint8)).numpy() for image in images]
+    strings = np.array(jpegs, dtype=bytes)
+    expected = module.serve(tf.constant(strings))["scores"].numpy()
+    return {"dir": directory, "strings": strings, "expected": expected}
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tftrt_feeds_string_inputs_to_the_real_graph(
+    jpeg_classifier, tmp_path, monkeypatch, precision
+):
+    import tensorflow as tf
+
+    from tasks.backends import tftrt
+
+    GraphRunningConverter.instances.clear()
+    stand_in = types.SimpleNamespace(
+        TrtGraphConverterV2=GraphRunningConverter,
+        TrtPrecisionMode=types.SimpleNamespace(FP32="FP32", FP16="FP16", INT8="INT8"),
+    )
+    monkeypatch.setattr(tftrt, "_trt_module", lambda: stand_in)
+    monkeypatch.setattr(tftrt, "probe_tensorrt", lambda: None)
+    signature = Signature(
+        inputs=(TensorInfo("image_bytes", "string", (None,)),),
+        outputs=(TensorInfo("scores", "float32", (None, 4)),),
+    )
+    strings = jpeg_classifier["strings"]
+    request = ConversionRequest(
+        saved_model_dir=jpeg_classifier["dir"],
+        signature=signature,
+        precision=precision,
+        output_dir=tmp_path / f"tftrt-{precision}",
+        calibration_data=lambda: ({"image_bytes": strings[i : i + 1]} for i in range(len(strings))),
+        batch_sizes=(1, 4),
+    )
+    get_backend("tftrt").convert(request)
+    (converter,) = GraphRunningConverter.instances
+    calibrated = len(strings) if precision == "int8" else 0
+    assert len(converter.fed) == calibrated + 2
+    for feeds in converter.fed:
+        assert set(feeds) == {"image_bytes"}
+        assert feeds["image_bytes"].dtype == tf.string
+    for i in range(calibrated):  # each calibration batch decoded and scored as by the model
+        np.testing.assert_allclose(
+            converter.outputs[i]["scores"], jpeg_classifier["expected"][i : i + 1], rtol=1e-5
+        )
+    build = converter.outputs[calibrated:]
+    assert [o["scores"].shape for o in build] == [(1, 4), (4, 4)]
+    np.testing.assert_allclose(build[1]["scores"][0], jpeg_classifier["expected"][0], rtol=1e-5)
+    source = (request.output_dir / tftrt.REPRODUCE_FILE).read_text()
+    assert "INPUT_DTYPES = {'image_bytes': 'string'}" in source
+    assert "ENGINE_INPUT_SHAPES = [{'image_bytes': [1]}, {'image_bytes': [4]}]" in source

@@ -273,3 +273,19 @@ def test_importing_the_backends_is_cheap():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_string_inputs_need_a_calibration_batch_to_build_engines(fake_trt, tmp_path):
+    signature = Signature(
+        inputs=(TensorInfo("image_bytes", "string", (None,)),), outputs=SIGNATURE.outputs
+    )
+    request = ConversionRequest(
+        saved_model_dir=tmp_path / "export",
+        signature=signature,
+        precision="fp16",
+        output_dir=tmp_path / "out",
+        calibration_data=lambda: iter(()),
+    )
+    with pytest.raises(UserInputError, match="string inputs"):
+        get_backend("tftrt").convert(request)
+    assert fake_trt == []
