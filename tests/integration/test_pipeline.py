@@ -57,7 +57,7 @@ def _variant_predictions(results: dict, variant: str, images: np.ndarray, tmp: P
     from tasks.backends import get_backend
     from tasks.signature import Signature
 
-    row = next(r for r in results["rows"] if r["variant"] == variant)
+    row = next(r for r in results["variants"] if r["variant"] == variant)
     export = storage.fetch_tree(f"{results['root_uri']}/export", tmp / "export")
     model = storage.fetch_tree(row["model_uri"], tmp / "variant")
     runner = get_backend(variant.split(":")[0]).load(Path(model), Signature.read(export), 2)
@@ -72,7 +72,7 @@ def test_optimize_registers_a_champion_that_predicts_like_its_variant(
     code, results, err = _optimize(tiny_bundle, model_name, capsys)
 
     assert code == 0, err
-    statuses = {row["variant"]: row["status"] for row in results["rows"]}
+    statuses = {row["variant"]: row["status"] for row in results["variants"]}
     assert statuses == {
         "tf:fp32": "OK",
         "tflite:fp32": "OK",
@@ -80,7 +80,7 @@ def test_optimize_registers_a_champion_that_predicts_like_its_variant(
         "tflite:int8": "OK",
         "tftrt:fp16": "SKIPPED",
     }
-    skipped = next(r for r in results["rows"] if r["variant"] == "tftrt:fp16")
+    skipped = next(r for r in results["variants"] if r["variant"] == "tftrt:fp16")
     assert "TensorRT" in skipped["reason"]
     assert "[ 1/" in err and "export" in err, "progress lines are shown on stderr"
 
@@ -95,7 +95,11 @@ def test_optimize_registers_a_champion_that_predicts_like_its_variant(
     capsys.readouterr()
     assert cli.main(["show", "--registered-model-name", model_name, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["chosen"] == chosen and shown["info"]["run_id"] == results["run_id"]
+    assert shown["format_version"] == 2
+    assert shown["selection"]["chosen"] == chosen and shown["run"]["run_id"] == results["run_id"]
+    verdicts = {row["variant"]: row["verdict"] for row in shown["variants"]}
+    assert verdicts[chosen] == "chosen" and verdicts["tftrt:fp16"] == "skipped"
+    assert all(row["verdict_reason"] for row in shown["variants"])
 
     images = np.load(tiny_bundle["eval"] / "shard-00000.npz")["image"]
     expected = _variant_predictions(results, chosen, images, tmp_path)
@@ -182,9 +186,9 @@ def _bad_inputs(bundle, tmp: Path) -> dict[str, tuple[dict, tuple, str]]:
             (),
             "dtype float64",
         ),
-        "eval without labels": (
+        "top1 asked, eval without labels": (
             {"eval_data": _shards(tmp, "nolabels", image=images)},
-            (),
+            ("--metric", "top1"),
             "labels",
         ),
         "NaN in eval data": (
@@ -244,6 +248,6 @@ def test_a_variant_with_nan_or_an_accuracy_drop_is_rejected_and_the_others_go_on
 
     rejections = results["selection"]["rejections"]
     assert "NaN" in rejections["tflite:fp16"]
-    assert "top-1 dropped" in rejections["tflite:int8"]
+    assert "dropped" in rejections["tflite:int8"] and "points" in rejections["tflite:int8"]
     assert results["selection"]["chosen"] in ("tf:fp32", "tflite:fp32")
     assert results["registration"]["metrics"]["model_version"] == "1"
