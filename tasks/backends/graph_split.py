@@ -133,11 +133,9 @@ class _Frozen:
     outputs: dict[str, Any]
 
 
-def _freeze(saved_model_dir: Path, signature: Signature) -> _Frozen:
+def _signature_function(saved_model_dir: Path, signature: Signature) -> tuple[Any, Any]:
+    """The signature's function and the loaded object that keeps it alive."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
     loaded = tf.saved_model.load(str(saved_model_dir))
     if signature.key not in loaded.signatures:
@@ -145,7 +143,28 @@ def _freeze(saved_model_dir: Path, signature: Signature) -> _Frozen:
             f"SavedModel {saved_model_dir} has no signature {signature.key!r}; "
             f"it has {sorted(loaded.signatures)}"
         )
-    function = loaded.signatures[signature.key]
+    return loaded.signatures[signature.key], loaded
+
+
+def _may_need_split(function: Any, denylist: Collection[str]) -> bool:
+    """False when no op of the function or of any function it calls can be unconvertible.
+
+    A cheap look at the traced graph, before the costly freezing that the full analysis needs.
+    """
+    graph_def = function.graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return any(
+        node.op in denylist or (node.op not in _HARMLESS_STRING_OPS and _string_typed(node))
+        for node in nodes
+    )
+
+
+def _freeze(function: Any, signature: Signature) -> _Frozen:
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
     frozen = convert_variables_to_constants_v2(function, lower_control_flow=False)
     graph_def = frozen.graph.as_graph_def()
     wrapped = tf.compat.v1.wrap_function(
@@ -156,7 +175,7 @@ def _freeze(saved_model_dir: Path, signature: Signature) -> _Frozen:
     output_names = sorted(function.structured_outputs)
     if len(input_names) != len(frozen.inputs) or len(output_names) != len(frozen.outputs):
         raise UserInputError(
-            f"the signature {signature.key!r} of {saved_model_dir} takes and returns dicts of "
+            f"the signature {signature.key!r} takes and returns dicts of "
             "tensors only; nested or positional structures cannot be split"
         )
     return _Frozen(
@@ -461,8 +480,11 @@ def find_split(
         UnsplittableGraphError: unconvertible ops also sit after the numeric part (e.g. NMS at
             the end), or the prefix hands more than `MAX_BOUNDARY` tensors to the rest.
     """
-    frozen = _freeze(Path(saved_model_dir), signature)
     denylist = (UNCONVERTIBLE_OPS - set(convertible)) | set(extra_unconvertible)
+    function, loaded = _signature_function(Path(saved_model_dir), signature)
+    if not _may_need_split(function, denylist):
+        return None
+    frozen = _freeze(function, signature)
     found = _boundary(frozen, denylist)
     if found is None:
         return None
