@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from tasks.config import DEFAULT_VARIANTS, OBJECTIVES
+from tasks.config import AUTO_METRIC, DEFAULT_VARIANTS, METRIC_NAMES, OBJECTIVES
 from tasks.errors import TfoptError, UserInputError
 
 logger = logging.getLogger("tfopt")
@@ -25,8 +25,17 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
         description="Run the whole tfopt chain in this process against S3 and MLflow.",
     )
     p.add_argument("--model-uri", required=True, help="S3 or local URI of a .keras or SavedModel")
-    p.add_argument("--eval-data-uri", required=True, help="folder of .npz shards with labels")
-    p.add_argument("--calibration-data-uri", required=True, help="folder of .npz shards")
+    p.add_argument(
+        "--eval-data-uri",
+        required=True,
+        help="folder of .npz shards: the model's inputs plus the metric's ground truth",
+    )
+    p.add_argument(
+        "--calibration-data-uri",
+        default=None,
+        help="folder of .npz shards for INT8 calibration (default: a seeded slice of the eval "
+        "data is held out; not needed without int8 variants)",
+    )
     p.add_argument("--registered-model-name", required=True, help="MLflow registered model")
     p.add_argument(
         "--variants",
@@ -104,13 +113,20 @@ def _progress(step: int, total: int, label: str, result: Any, seconds: float | N
 
 def _print_report(results: dict[str, Any], report_uri: str) -> None:
     """Print a published results.json: the table, the choice, the version, where to look."""
-    from tasks.report import render_markdown
+    from tasks.report import render_table_text
+    from tasks.summary import RESULTS_FORMAT_VERSION, VariantSummary
 
-    info = results["info"]
-    reg = info.get("registration") or {}
-    print(render_markdown(results["rows"], results["chosen"], info))
+    if results.get("format_version") != RESULTS_FORMAT_VERSION:
+        raise UserInputError(
+            f"{report_uri}/results.json was published by an older tfopt (format "
+            f"{results.get('format_version', 1)}); rerun the optimisation to get a current report"
+        )
+    run, selection = results["run"], results["selection"]
+    reg = results.get("registration") or {}
+    summaries = [VariantSummary.from_dict(row) for row in results["variants"]]
+    print(render_table_text(summaries, run))
     print()
-    print(f"chosen:     {results['chosen']} — {info.get('selection_reason', '')}")
+    print(f"chosen:     {selection['chosen']} — {selection.get('reason', '')}")
     print(
         f"registered: {reg.get('registered_model_name')} version {reg.get('model_version')} "
         f"({'champion' if reg.get('champion') else 'challenger'}: {reg.get('champion_reason')})"
@@ -141,6 +157,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
             "batch_sizes": args.batch_sizes,
             "objective": args.objective,
             "num_threads": args.num_threads,
+            "metric": args.metric,
+            "metric_output": args.metric_output,
         }
     )
     results = optimize(config, run_id=args.run_id, progress=_progress)
