@@ -46,7 +46,22 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
         "--accuracy-tolerance",
         type=float,
         default=0.01,
-        help="max top-1 drop vs the baseline, absolute (0.01 = 1 point; default 0.01)",
+        help="how far the metric may move vs the baseline: an absolute drop for top1/top5/"
+        "map50/map/fidelity (0.01 = 1 point), a relative rise of the error for mae/rmse "
+        "(0.05 = 5%%); default 0.01",
+    )
+    p.add_argument(
+        "--metric",
+        choices=METRIC_NAMES,
+        default=AUTO_METRIC,
+        help="task metric (default auto: top1 for integer labels, mae for float labels, map50 "
+        "for gt_boxes, fidelity without ground truth)",
+    )
+    p.add_argument(
+        "--metric-output",
+        default=None,
+        help="the model output the metric reads (detection: boxes=...,scores=...,classes=...); "
+        "default: the only output, else the one that fits",
     )
     p.add_argument("--latency-slo-ms", type=float, default=None, help="p99 budget at batch 1")
     p.add_argument("--batch-sizes", default="1,8", help="batch sizes to benchmark (default 1,8)")
@@ -191,22 +206,53 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize_command(result: dict[str, Any]) -> str:
+    """The `tfopt optimize` command line for a published demo."""
+    parts = [
+        "tfopt optimize",
+        f"--model-uri {result['model_uri']}",
+        f"--eval-data-uri {result['eval_data_uri']}",
+    ]
+    if result.get("calibration_data_uri"):
+        parts.append(f"--calibration-data-uri {result['calibration_data_uri']}")
+    parts.append(f"--registered-model-name {result['registered_model_name']}")
+    parts.append(f"--metric {result['metric']}")
+    return " \\\n    ".join(parts)
+
+
 def _run_demo_data(args: argparse.Namespace) -> int:
-    from tasks.demo.publish import publish_demo
+    from tasks.demo.publish import demo_root, publish_demo
     from tasks.storage import read_manifest
 
     bucket = os.environ.get("TFOPT_BUCKET", "tfopt")
-    output_uri = (args.output_uri or f"s3://{bucket}/demo").rstrip("/")
+    base = args.output_uri or demo_root(f"s3://{bucket}/demo", args.task)
+    output_uri = base.rstrip("/")
     if args.if_missing and read_manifest(f"{output_uri}/model") is not None:
         print(f"demo already published at {output_uri}", file=sys.stderr)
         return 0
-    result = publish_demo(output_uri, tiny=args.tiny, seed=args.seed)
+    result = publish_demo(
+        output_uri,
+        tiny=args.tiny,
+        seed=args.seed,
+        task=args.task,
+        encoding=args.encoding,
+        calibration=args.calibration,
+    )
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
     for key in ("model_uri", "eval_data_uri", "calibration_data_uri"):
-        print(f"{key}: {result[key]}")
-    print(f"held-out top-1: {result['held_out_top1']:.2%} (trained in {result['train_s']:.0f} s)")
+        if result[key]:
+            print(f"{key}: {result[key]}")
+    if args.task == "detection":
+        print(
+            f"held-out mAP@0.5: {result['map50']:.4f}, mAP@[.5:.95]: {result['map']:.4f} "
+            f"(trained in {result['train_s']:.0f} s)"
+        )
+    else:
+        top1 = result["held_out_top1"]
+        print(f"held-out top-1: {top1:.2%} (trained in {result['train_s']:.0f} s)")
+    print(f"optimise it:\n  {_optimize_command(result)}")
     return 0
 
 
