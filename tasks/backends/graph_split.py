@@ -41,54 +41,27 @@ MAX_BOUNDARY = 4
 """More boundary tensors than this means the prefix is entangled with the rest: no clean split."""
 
 UNCONVERTIBLE_OPS = frozenset(
-    {
-        "DecodeJpeg",
-        "DecodeAndCropJpeg",
-        "DecodePng",
-        "DecodeImage",
-        "DecodeBmp",
-        "DecodeGif",
-        "DecodeBase64",
-        "DecodeRaw",
-        "DecodeCSV",
-        "DecodeCompressed",
-        "DecodeProtoV2",
-        "DecodeWav",
-        "ParseExample",
-        "ParseExampleV2",
-        "ParseSingleExample",
-        "ParseSequenceExample",
-        "ParseSequenceExampleV2",
-        "ParseSingleSequenceExample",
-        "StringToNumber",
-        "NonMaxSuppression",
-        "NonMaxSuppressionV2",
-        "NonMaxSuppressionV3",
-        "NonMaxSuppressionV4",
-        "NonMaxSuppressionV5",
-        "NonMaxSuppressionWithOverlaps",
-        "CombinedNonMaxSuppression",
-    }
+    """
+    DecodeJpeg DecodeAndCropJpeg DecodePng DecodeImage DecodeBmp DecodeGif DecodeBase64 DecodeRaw
+    DecodeCSV DecodeCompressed DecodeProtoV2 DecodeWav ParseExample ParseExampleV2
+    ParseSingleExample ParseSequenceExample ParseSequenceExampleV2 ParseSingleSequenceExample
+    StringToNumber NonMaxSuppression NonMaxSuppressionV2 NonMaxSuppressionV3 NonMaxSuppressionV4
+    NonMaxSuppressionV5 NonMaxSuppressionWithOverlaps CombinedNonMaxSuppression
+    """.split()
 )
 """Op types no converter here runs (besides any op on string tensors)."""
 
 COMPUTE_OPS = frozenset(
-    {
-        "Conv2D",
-        "Conv3D",
-        "DepthwiseConv2dNative",
-        "Conv2DBackpropInput",
-        "MatMul",
-        "BatchMatMul",
-        "BatchMatMulV2",
-        "BatchMatMulV3",
-        "Einsum",
-    }
+    """
+    Conv2D Conv3D DepthwiseConv2dNative Conv2DBackpropInput MatMul BatchMatMul BatchMatMulV2
+    BatchMatMulV3 Einsum
+    """.split()
 )
 """The model's heavy work: a prefix that holds one of these is not a prefix but the model."""
 
 _HARMLESS_STRING_OPS = frozenset({"Const", "Assert", "PrintV2", "StringFormat", "NoOp"})
 _TRIVIAL_OPS = frozenset({"Placeholder", "Const", "Identity", "NoOp"})
+_CALL_SCOPES = ("StatefulPartitionedCall", "PartitionedCall")
 _DOMINATOR_SEARCH = 256
 _DT_STRING = 7  # types_pb2.DT_STRING
 
@@ -357,8 +330,15 @@ def _boundary(frozen: _Frozen, denylist: Collection[str]) -> tuple[list[Any], se
         if t.op in live and t.op not in region and _is_numeric(t)
     }
     region |= passthrough
-    if _compute_ops(region, frozen.library) or any(t.op in region for t in outputs):
+    in_prefix = [name for name, t in frozen.outputs.items() if t.op in region]
+    if _compute_ops(region, frozen.library):
         raise _trailing_error(bad, frozen.library)
+    if in_prefix:
+        raise UnsplittableGraphError(
+            f"the outputs {in_prefix} come straight from ops no converter runs "
+            f"({', '.join(sorted({t for types in bad.values() for t in types}))}); "
+            "nothing would be left to convert: serve this model with tf:fp32"
+        )
     boundary = _crossing(region, live)
     if len(boundary) > 1 or not boundary[0].dtype.is_floating:
         core = _closure(outputs, stop=boundary)
@@ -385,7 +365,7 @@ def _tf_ops(prefix_ops: set[Any], library: dict[str, Any]) -> tuple[str, ...]:
 def sanitize(tensor_name: str, taken: Collection[str] = ()) -> str:
     """A signature input name for a graph tensor: its last op names, `[A-Za-z0-9_]` only."""
     op_name, _, index = tensor_name.partition(":")
-    parts = [p for p in op_name.split("/") if p and p != "StatefulPartitionedCall"]
+    parts = [p for p in op_name.split("/") if p not in ("", *_CALL_SCOPES)]
     name = re.sub(r"\W", "_", "_".join(parts[-2:]) or "boundary")
     if index and index != "0":
         name = f"{name}_{index}"
@@ -430,7 +410,11 @@ def _core_inputs(
                 "unknown non-batch dimensions; give a sample batch (calibration data) or make the "
                 "prefix produce a fixed size (e.g. resize after decoding)"
             )
-        values = prefix_fn(*(feed_array(sample[t.name], t.dtype) for t in signature.inputs))
+        import tensorflow as tf
+
+        values = prefix_fn(
+            *(tf.constant(feed_array(sample[t.name], t.dtype)) for t in signature.inputs)
+        )
         shapes = [list(np.shape(v)) for v in values]
     names: list[str] = []
     for tensor in boundary:

@@ -20,6 +20,7 @@ from tasks.backends.graph_split import (
     read_split,
     write_split,
 )
+from tasks.errors import UserInputError
 from tasks.signature import Signature, TensorInfo
 
 pytestmark = pytest.mark.integration
@@ -363,3 +364,59 @@ def test_an_unsupported_op_in_front_is_kept_in_tensorflow(tmp_path):
         image=tf.constant(images)
     )["probs"]
     np.testing.assert_allclose(runner({"image": images})["probs"], expected.numpy(), atol=1e-5)
+
+
+def test_a_numeric_input_passes_the_prefix_and_unknown_sizes_come_from_the_data(tmp_path):
+    """PNG bytes decoded at any size plus a float input that only the core reads."""
+    import tensorflow as tf
+
+    kernel = tf.constant(np.random.default_rng(0).normal(size=(3, 3, 3, 4)).astype(np.float32))
+
+    def serve(image_png, weights):
+        images = tf.map_fn(
+            lambda png: tf.cast(tf.io.decode_png(png, channels=3), tf.float32) / 255.0,
+            image_png,
+            fn_output_signature=tf.float32,
+        )
+        hidden = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME")), axis=[1, 2])
+        return {"scores": hidden * weights}
+
+    module = tf.Module()
+    module.serve = tf.function(
+        serve,
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_png"),
+            tf.TensorSpec([None, 4], tf.float32, name="weights"),
+        ],
+    )
+    directory = tmp_path / "png"
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    signature = Signature(
+        inputs=(
+            TensorInfo("image_png", "string", (None,)),
+            TensorInfo("weights", "float32", (None, 4)),
+        ),
+        outputs=(TensorInfo("scores", "float32", (None, 4)),),
+    )
+    pngs = np.array([tf.io.encode_png(image).numpy() for image in _images(4, seed=9)], dtype=bytes)
+    weights = np.random.default_rng(1).random((4, 4)).astype(np.float32)
+
+    with pytest.raises(UserInputError, match="unknown non-batch dimensions"):
+        find_split(directory, signature, work_dir=tmp_path / "no-sample")
+
+    request = ConversionRequest(
+        saved_model_dir=directory,
+        signature=signature,
+        precision="fp32",
+        output_dir=tmp_path / "out",
+        calibration_data=lambda: (
+            {"image_png": pngs[i : i + 1], "weights": weights[i : i + 1]} for i in range(4)
+        ),
+    )
+    backend = get_backend("tflite")
+    conversion = backend.convert(request)
+    assert conversion.summary["split"]["boundary"][-1] == "weights:0"
+    runner = backend.load(conversion.artifact_dir, signature, num_threads=2)
+    got = runner({"image_png": pngs, "weights": weights})["scores"]
+    expected = module.serve(tf.constant(pngs), tf.constant(weights))["scores"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
