@@ -1,11 +1,16 @@
 """
 ### retrain_model
 
-A scheduled demo retrain: generates a fresh procedural shapes data set, trains the demo
-MobileNet-class model on it, and publishes the model with its eval and calibration shards to
-`s3://<bucket>/demo/retrain/<run>/`. It then emits the `tfopt_demo_model` asset event, whose
-extra carries the three URIs; `optimize_model` is scheduled on that asset and optimises the new
-model. Stands in for a team's real training pipeline.
+A scheduled demo retrain: generates a fresh procedural shapes data set, trains a demo model on
+it, and publishes the model with its eval and calibration shards to
+`s3://<bucket>/demo/retrain/<run>/` (`.../demo/detection/retrain/<run>/` for detection). The
+`task` param picks the model: `classification` (the MobileNet-class classifier, a `.keras` file)
+or `detection` (a CenterNet-style shapes detector exported as a SavedModel that takes JPEG bytes,
+`image_bytes`, and returns the TF Object Detection API outputs; its eval shards carry `gt_boxes`
+and `gt_classes`, scored with `map50`). It then emits the `tfopt_demo_model` asset event, whose
+extra carries the three URIs, the task, its metric and a registered model name;
+`optimize_model` is scheduled on that asset and optimises the new model. Stands in for a
+team's real training pipeline.
 """
 
 from __future__ import annotations
@@ -24,17 +29,20 @@ from tfopt_airflow import DEFAULT_ARGS, DEMO_MODEL_ASSET, DEMO_ROOT, user_errors
 def train_and_publish() -> dict[str, Any]:
     """Train on freshly generated data and publish; the asset event carries the URIs."""
     from tasks.config import RunContext
-    from tasks.demo.publish import publish_demo
+    from tasks.demo.publish import demo_root, publish_demo
 
     context = get_current_context()
     run = RunContext.create(context["dag_run"].run_id, "retrain")
     seed = context["params"]["seed"]
     if seed is None:
         seed = zlib.crc32(run.run_id.encode()) % 100_000
-    output_uri = context["params"]["output_uri"] or f"{DEMO_ROOT}/retrain/{run.run_id}"
-    published = publish_demo(output_uri, seed=int(seed))
-    uris = {key: published[key] for key in ("model_uri", "eval_data_uri", "calibration_data_uri")}
-    summary = {**uris, "held_out_top1": published["held_out_top1"], "seed": int(seed)}
+    task = context["params"]["task"]
+    root = demo_root(DEMO_ROOT, task)
+    output_uri = context["params"]["output_uri"] or f"{root}/retrain/{run.run_id}"
+    published = publish_demo(output_uri, seed=int(seed), task=task)
+    keys = ("model_uri", "eval_data_uri", "calibration_data_uri", "metric", "registered_model_name")
+    figures = ("map50", "map") if task == "detection" else ("held_out_top1",)
+    summary = {k: published[k] for k in (*keys, *figures)} | {"task": task, "seed": int(seed)}
     context["outlet_events"][DEMO_MODEL_ASSET].extra = summary
     return {**summary, "train_s": published["train_s"]}
 
@@ -47,6 +55,14 @@ def train_and_publish() -> dict[str, Any]:
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={
+        "task": Param(
+            "classification",
+            type="string",
+            enum=["classification", "detection"],
+            title="Task",
+            description="classification: the shapes classifier; detection: the shapes detector "
+            "(JPEG-bytes input, map50 metric).",
+        ),
         "seed": Param(
             None,
             type=["null", "integer"],

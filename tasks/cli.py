@@ -74,19 +74,38 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo-data",
-        help="train the demo model and publish it with eval + calibration shards",
-        description="Generate the procedural shapes data set, train the demo model, publish.",
+        help="train a demo model and publish it with eval + calibration shards",
+        description="Generate a procedural shapes data set, train a demo model on it, publish.",
+    )
+    p.add_argument(
+        "--task",
+        choices=("classification", "detection"),
+        default="classification",
+        help="classification (default; s3://$TFOPT_BUCKET/demo) or detection "
+        "(JPEG-bytes detector; s3://$TFOPT_BUCKET/demo/detection)",
     )
     p.add_argument(
         "--output-uri",
         default=None,
-        help="where to publish (default s3://$TFOPT_BUCKET/demo)",
+        help="where to publish (default s3://$TFOPT_BUCKET/demo, + /detection for detection)",
     )
     p.add_argument("--tiny", action="store_true", help="a tiny, fast model (for tests)")
     p.add_argument(
         "--if-missing",
         action="store_true",
         help="do nothing when a demo model is already published there",
+    )
+    p.add_argument(
+        "--encoding",
+        choices=("jpeg", "base64"),
+        default="jpeg",
+        help="detection: the serving input holds JPEG bytes or web-safe base64 of them",
+    )
+    p.add_argument(
+        "--no-calibration",
+        dest="calibration",
+        action="store_false",
+        help="detection: publish no calibration shards (tfopt then holds out eval data)",
     )
     p.add_argument("--seed", type=int, default=0, help="data and training seed")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
