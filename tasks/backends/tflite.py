@@ -113,17 +113,21 @@ def _concrete_function(saved_model_dir: Path, signature: Signature) -> tuple[Any
     return tf.function(serve, input_signature=specs).get_concrete_function(), loaded
 
 
+_OP_PATTERNS = (
+    r"'tf\.(\w+)' op is neither",  # converter: "'tf.Erfinv' op is neither a custom op nor ..."
+    r"^\s*tf\.(\w+)\(",  # converter: the "Details:" lines, "tf.Erfinv(tensor<...>) -> ..."
+    r"unresolved custom op: (\w+)",  # interpreter: "Encountered unresolved custom op: FlexX."
+)
+_OP_LIST_PATTERNS = (r"Custom ops: ([^\n]+)", r"Flex ops: ([^\n]+)")
+
+
 def unsupported_ops(text: str) -> tuple[str, ...]:
-    """The TensorFlow op types a LiteRT converter or interpreter error names (`tf.X`, `FlexX`)."""
-    names = set(re.findall(r"\btf\.([A-Z]\w*)", text))
-    names.update(re.findall(r"\bFlex([A-Z]\w*)", text))
-    names.update(
-        name.strip()
-        for line in re.findall(r"Custom ops: ([^\n]+)", text)
-        for name in line.split(",")
-        if name.strip()
-    )
-    return tuple(sorted(names))
+    """The TensorFlow op types a LiteRT converter or interpreter error names as unsupported."""
+    names = {m for pattern in _OP_PATTERNS for m in re.findall(pattern, text, flags=re.M)}
+    for pattern in _OP_LIST_PATTERNS:
+        for line in re.findall(pattern, text):
+            names.update(name.strip().rstrip(".") for name in line.split(","))
+    return tuple(sorted({re.sub(r"^Flex(?=[A-Z])", "", name) for name in names if name}))
 
 
 def _one_line(text: str, limit: int = 300) -> str:
