@@ -281,8 +281,11 @@ def _trailing_error(bad: dict[Any, list[str]], library: dict[str, Any]) -> Unspl
 def _dominator(
     outputs: list[Any], region: set[Any], core: set[Any], library: dict[str, Any]
 ) -> Any | None:
-    """The first float tensor that every output depends on through it alone, if the ops it moves
-    into the prefix do no heavy work (typically the decoded float image batch)."""
+    """The first float tensor through which alone every output depends on the prefix.
+
+    Typically the decoded float image batch; accepted only if the ops it moves into the prefix do
+    no heavy work.
+    """
     for op in _topological(core)[:_DOMINATOR_SEARCH]:
         for tensor in op.outputs:
             if not tensor.dtype.is_floating:
