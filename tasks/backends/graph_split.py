@@ -456,7 +456,8 @@ def find_split(
     Args:
         saved_model_dir: the exported SavedModel.
         signature: its serving signature (concrete non-batch input dimensions).
-        work_dir: where to write `prefix/` and `core/` (a new temporary folder by default).
+        work_dir: where to write `prefix/` and `core/` (by default a new temporary folder,
+            which the caller removes once done: `split.core_dir.parent`).
         sample: one feed of the original inputs, used only when a boundary tensor's static
             shape leaves non-batch dimensions unknown.
         extra_unconvertible: op types a converter reported as unsupported, on top of
