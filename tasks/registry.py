@@ -159,10 +159,12 @@ def current_champion(name: str) -> Any | None:
         return None
 
 
-def _requirements() -> list[str]:
-    wanted = ("tensorflow-cpu", "ai-edge-litert", "numpy")
+def _requirements(backend: str) -> list[str]:
+    """The served variant's pip requirements (from the backend registry), pinned as installed."""
+    from tasks.backends import serving_requirements
+
     pins = []
-    for dist in wanted:
+    for dist in serving_requirements(backend):
         try:
             pins.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -212,7 +214,7 @@ def log_pyfunc(
             code_paths=[str(TASKS_PACKAGE)],
             signature=infer_signature(example, prediction),
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(spec.backend),
         )
     return info.model_uri
 
