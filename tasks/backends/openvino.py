@@ -1,0 +1,511 @@
+"""The OpenVINO backend: convert_model from the SavedModel, precision pinned at compile, NNCF INT8.
+
+The inference precision is a compile-time setting, not part of the saved model: on a CPU with
+AVX-512 BF16 or AMX, OpenVINO computes in BF16 unless told otherwise. So every variant records
+its `INFERENCE_PRECISION_HINT` (`f32` for fp32 and for INT8's non-quantized parts, `bf16` for
+bf16) in `openvino.json` beside `model.xml`, and `load` compiles with exactly that hint.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.backends.base import (
+    AccuracyValidation,
+    BackendUnavailableError,
+    Conversion,
+    ConversionRequest,
+    Feeds,
+    check_feeds,
+    check_precision,
+)
+from tasks.errors import TfoptError, UserInputError
+from tasks.signature import Signature
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+SETTINGS_FILE = "openvino.json"
+REPRODUCE_FILE = "reproduce.py"
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""INFERENCE_PRECISION_HINT per precision; INT8 runs its non-quantized parts in FP32."""
+DEFAULT_TOLERANCE = 0.01
+_WEIGHTED_OPS = frozenset(
+    {
+        "Convolution",
+        "GroupConvolution",
+        "ConvolutionBackpropData",
+        "GroupConvolutionBackpropData",
+        "MatMul",
+    }
+)
+
+
+@functools.cache
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def bf16_unavailable_reason() -> str | None:
+    """None when OpenVINO's CPU plugin computes BF16 natively here, else why not."""
+    core = _core()
+    capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if "BF16" in capabilities:
+        return None
+    cpu = core.get_property("CPU", "FULL_DEVICE_NAME")
+    return (
+        f"this CPU ({cpu}) has no native BF16 (OpenVINO CPU capabilities: "
+        f"{', '.join(capabilities)}); openvino:bf16 needs AVX-512 BF16 or AMX"
+    )
+
+
+def compile_config(precision_hint: str, performance_hint: str, num_threads: int) -> dict[str, Any]:
+    """The CPU plugin's settings: pinned precision, thread count and latency/throughput hint."""
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": precision_hint,
+        "INFERENCE_NUM_THREADS": int(num_threads),
+        "PERFORMANCE_HINT": performance_hint,
+    }
+    if performance_hint == "LATENCY":
+        config["NUM_STREAMS"] = 1
+    return config
+
+
+def _performance_hint(objective: str) -> str:
+    return "THROUGHPUT" if objective == "throughput" else "LATENCY"
+
+
+# --- conversion --------------------------------------------------------------------------------
+
+
+def _check_numeric_inputs(signature: Signature) -> None:
+    """Raises (the variant FAILS) when the graph takes strings: OpenVINO runs numeric graphs."""
+    strings = [t.name for t in signature.inputs if t.dtype in ("string", "object", "bytes")]
+    if strings:
+        raise TfoptError(
+            f"openvino cannot convert this model: its input(s) {strings} are strings decoded "
+            "inside the graph, which OpenVINO does not run; use the tf or tflite variants, or "
+            "export a model that takes the decoded numeric tensor"
+        )
+
+
+def input_shapes(request: ConversionRequest) -> dict[str, list[int]]:
+    """Each input's shape for OpenVINO: batch dynamic (-1), other dims from the signature.
+
+    Non-batch dimensions the signature leaves unknown are taken from the first calibration
+    sample, as the data fixes them for every other stage.
+    """
+    shapes = {t.name: [-1, *(d for d in t.shape[1:])] for t in request.signature.inputs}
+    if any(d is None for shape in shapes.values() for d in shape):
+        first = next(iter(request.calibration_data()), None)
+        if first is None:
+            raise UserInputError(
+                "the model's signature leaves input dimensions unknown and the calibration "
+                "data is empty; give calibration shards so openvino can fix the input shapes"
+            )
+        for name, shape in shapes.items():
+            known = np.shape(first[name])
+            shapes[name] = [-1, *(known[i] if d is None else d for i, d in enumerate(shape) if i)]
+    return {name: [int(d) for d in shape] for name, shape in shapes.items()}
+
+
+def read_saved_model(saved_model_dir: Path, signature_key: str, shapes: dict[str, list]) -> Any:
+    """`openvino.convert_model` on the SavedModel's signature, reshaped to `shapes`."""
+    import openvino as ov
+
+    if signature_key == "serving_default":
+        model = ov.convert_model(str(saved_model_dir))
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(saved_model_dir))
+        model = ov.convert_model(loaded.signatures[signature_key])
+    names = {name for port in model.inputs for name in port.get_names()}
+    missing = sorted(set(shapes) - names)
+    if missing:
+        raise UserInputError(
+            f"OpenVINO's conversion of {saved_model_dir} has inputs {sorted(names)}, not the "
+            f"signature's {missing}; export the model with named serving inputs"
+        )
+    model.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
+    return model
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    """Operations of an OpenVINO model by type (Parameter/Result/Constant left out)."""
+    skipped = {"Parameter", "Result", "Constant"}
+    counts = Counter(op.get_type_name() for op in model.get_ops())
+    return {name: n for name, n in sorted(counts.items()) if name not in skipped}
+
+
+def _weights_quantized(op: Any) -> bool:
+    """True when the op's weights are INT8 (a FakeQuantize, or int8 constants dequantized)."""
+    source = op.input(1).get_source_output().get_node()
+    if source.get_type_name() == "FakeQuantize":
+        return True
+    pending = [source]
+    while pending:
+        node = pending.pop()
+        if node.get_type_name() == "Constant":
+            if node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4"):
+                return True
+        elif node.get_type_name() in ("Multiply", "Subtract", "Convert", "Reshape"):
+            pending.extend(i.get_source_output().get_node() for i in node.inputs())
+    return False
+
+
+def weighted_ops(model: Any) -> list[Any]:
+    """Convolutions and matmuls in topological order (stable across conversions of one graph)."""
+    return [op for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
+
+
+def kept_in_float(model: Any) -> list[int]:
+    """Positions in `weighted_ops(model)` of the operations whose weights stayed in float."""
+    return [i for i, op in enumerate(weighted_ops(model)) if not _weights_quantized(op)]
+
+
+# --- INT8 by NNCF ------------------------------------------------------------------------------
+
+
+def _calibration_samples(request: ConversionRequest) -> list[Feeds]:
+    dtypes = {t.name: np.dtype(t.dtype) for t in request.signature.inputs}
+    samples = []
+    for feeds in request.calibration_data():
+        check_feeds(request.signature.input_names, feeds)
+        samples.append({name: np.asarray(feeds[name], dtype=dtypes[name]) for name in dtypes})
+    if not samples:
+        raise UserInputError(
+            "openvino:int8 needs calibration data, but calibration_data_uri yielded no batch; "
+            "point it at a folder of .npz shards named like the model inputs"
+        )
+    return samples
+
+
+class _ValidationProbe:
+    """NNCF's `validation_fn`: tfopt's metric on the compiled model NNCF hands over.
+
+    Its data items are sample indices into `validation.samples`; full-slice scores are kept in
+    order (the FP32 reference first, then the plain INT8 model, then each repair step).
+    """
+
+    def __init__(self, validation: AccuracyValidation, signature: Signature) -> None:
+        self._validation = validation
+        self._signature = signature
+        self.full_scores: list[float] = []
+
+    def __call__(self, compiled: Any, items: Iterable[int]) -> tuple[float, None]:
+        indices = [int(i) for i in items]
+        runner = OpenVinoRunner(compiled, self._signature)
+        value = float(self._validation.metric(runner, indices))
+        if len(indices) == len(self._validation.samples):
+            self.full_scores.append(value)
+        return (value if self._validation.higher_is_better else -value), None
+
+
+def quantize(model: Any, request: ConversionRequest) -> tuple[Any, dict[str, Any]]:
+    """INT8 by NNCF post-training quantization, accuracy-controlled when validation is given."""
+    import nncf
+
+    samples = _calibration_samples(request)
+    calibration = nncf.Dataset(samples)
+    started = time.perf_counter()
+    details: dict[str, Any] = {"calibration_samples": len(samples)}
+    validation = request.validation
+    if validation is None or not validation.samples:
+        quantized = nncf.quantize(model, calibration, subset_size=len(samples))
+        details["method"] = "quantize"
+    else:
+        probe = _ValidationProbe(validation, request.signature)
+        max_drop = (
+            DEFAULT_TOLERANCE if request.accuracy_tolerance is None else request.accuracy_tolerance
+        )
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            calibration,
+            nncf.Dataset(range(len(validation.samples)), validation.samples.__getitem__),
+            probe,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(samples),
+        )
+        details.update(
+            method="quantize_with_accuracy_control",
+            validation_samples=len(validation.samples),
+            max_drop=max_drop,
+            metric_fp32=probe.full_scores[0] if probe.full_scores else None,
+            metric_int8_plain=probe.full_scores[1] if len(probe.full_scores) > 1 else None,
+        )
+    details["seconds"] = round(time.perf_counter() - started, 3)
+    details["fake_quantize_ops"] = op_counts(quantized).get("FakeQuantize", 0)
+    ops = weighted_ops(quantized)
+    details["weighted_ops"] = len(ops)
+    details["kept_fp32"] = kept_in_float(quantized)
+    details["kept_fp32_names"] = [ops[i].get_friendly_name() for i in details["kept_fp32"]]
+    return quantized, details
+
+
+# --- reproduce.py ------------------------------------------------------------------------------
+
+_REPRODUCE = '''"""Re-run the OpenVINO conversion that made model.xml (tfopt, openvino:{precision}).
+
+    python reproduce.py SAVED_MODEL_DIR [--calibration-dir DIR] [--output model.xml]
+
+INT8 calibrates with NNCF on the .npz shards in --calibration-dir (one array per model input,
+one sample at a time, as tfopt did). When tfopt ran NNCF's accuracy control (METHOD), which
+needs tfopt's task metric, this script instead leaves the convolutions/matmuls that accuracy
+control kept in FP32 (KEPT_FP32: positions in topological order) out of plain quantization: the
+same layers in FP32, quantization parameters possibly a little different. The inference
+precision is a compile-time setting: compile with {{"INFERENCE_PRECISION_HINT": {hint!r}}}.
+"""
+
+import argparse
+import glob
+
+import numpy as np
+import openvino as ov
+
+PRECISION = {precision!r}
+SIGNATURE_KEY = {key!r}
+INPUTS = {inputs!r}  # name -> dtype
+SHAPES = {shapes!r}  # name -> shape, -1 = dynamic
+METHOD = {method!r}
+KEPT_FP32 = {kept!r}
+WEIGHTED_OPS = {weighted!r}
+
+
+def samples(directory):
+    for path in sorted(glob.glob(f"{{directory}}/**/*.npz", recursive=True)):
+        with np.load(path, allow_pickle=False) as shard:
+            for i in range(len(shard[next(iter(INPUTS))])):
+                yield {{name: shard[name][i : i + 1].astype(t) for name, t in INPUTS.items()}}
+
+
+def convert(saved_model_dir):
+    if SIGNATURE_KEY == "serving_default":
+        model = ov.convert_model(saved_model_dir)
+    else:
+        import tensorflow as tf
+
+        model = ov.convert_model(tf.saved_model.load(saved_model_dir).signatures[SIGNATURE_KEY])
+    model.reshape({{name: ov.PartialShape(shape) for name, shape in SHAPES.items()}})
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("saved_model_dir")
+    parser.add_argument("--calibration-dir")
+    parser.add_argument("--output", default="model.xml")
+    args = parser.parse_args()
+    model = convert(args.saved_model_dir)
+    if PRECISION == "int8":
+        import nncf
+
+        if not args.calibration_dir:
+            parser.error("int8 needs --calibration-dir")
+        data = list(samples(args.calibration_dir))
+        weighted = [op for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPS]
+        names = [weighted[i].get_friendly_name() for i in KEPT_FP32]
+        ignored = nncf.IgnoredScope(names=names) if names else None
+        model = nncf.quantize(
+            model, nncf.Dataset(data), subset_size=len(data), ignored_scope=ignored
+        )
+    ov.save_model(model, args.output, compress_to_fp16=False)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def write_reproduce_script(
+    path: Path,
+    request: ConversionRequest,
+    shapes: dict[str, list[int]],
+    nncf_details: dict[str, Any] | None,
+) -> Path:
+    """A standalone script with this conversion's exact settings (kept next to the artifact)."""
+    path.write_text(
+        _REPRODUCE.format(
+            precision=request.precision,
+            hint=PRECISION_HINTS[request.precision],
+            key=request.signature.key,
+            inputs={t.name: t.dtype for t in request.signature.inputs},
+            shapes=shapes,
+            method=(nncf_details or {}).get("method"),
+            kept=list((nncf_details or {}).get("kept_fp32", [])),
+            weighted=sorted(_WEIGHTED_OPS),
+        )
+    )
+    return path
+
+
+# --- runtime -----------------------------------------------------------------------------------
+
+
+def _ports(ports: Sequence[Any], names: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The compiled model's ports keyed by the signature's names (by order if names differ)."""
+    by_name = {name: port for port in ports for name in port.get_names()}
+    if all(name in by_name for name in names):
+        return {name: by_name[name] for name in names}
+    if len(ports) == len(names):
+        log.warning("OpenVINO %s %s lack the signature's names; mapping by order", kind, names)
+        return dict(zip(names, ports, strict=True))
+    raise UserInputError(
+        f"the OpenVINO model's {kind} {sorted(by_name)} do not match the signature's {list(names)}"
+    )
+
+
+class OpenVinoRunner:
+    """Runs a compiled OpenVINO model at any batch size; a context manager that frees it."""
+
+    def __init__(self, compiled: Any, signature: Signature) -> None:
+        self.input_names = signature.input_names
+        self.output_names = signature.output_names
+        self.compiled_model = compiled
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in signature.inputs}
+        self._inputs = _ports(compiled.inputs, self.input_names, "inputs")
+        self._outputs = _ports(compiled.outputs, self.output_names, "outputs")
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, feeds: Feeds) -> Feeds:
+        check_feeds(self.input_names, feeds)
+        self._request.infer(
+            {
+                self._inputs[name]: np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
+                for name in self.input_names
+            }
+        )
+        return {
+            name: np.array(self._request.get_tensor(port).data, copy=True)
+            for name, port in self._outputs.items()
+        }
+
+    def close(self) -> None:
+        """Releases the infer request and the compiled model."""
+        self._request = None
+        self.compiled_model = None
+
+    def __enter__(self) -> OpenVinoRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class OpenVinoBackend:
+    """OpenVINO on CPU: FP32 and BF16 (compile-time precision) and NNCF INT8."""
+
+    name = "openvino"
+    precisions = ("fp32", "bf16", "int8")
+
+    def available(self) -> str | None:
+        """None when the OpenVINO runtime (and NNCF, for INT8) is installed."""
+        if importlib.util.find_spec("openvino") is None:
+            return "openvino is not installed; install openvino==2026.4.1 to run OpenVINO"
+        return None
+
+    def convert(self, request: ConversionRequest) -> Conversion:
+        """Converts the SavedModel to `model.xml` + `model.bin` in `request.output_dir`.
+
+        Raises:
+            BackendUnavailableError: bf16 on a CPU without native BF16, or NNCF missing (int8).
+        """
+        check_precision(self.name, self.precisions, request.precision)
+        self._check_runs_here(request.precision)
+        _check_numeric_inputs(request.signature)
+        import openvino as ov
+
+        output_dir = Path(request.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        shapes = input_shapes(request)
+        model = read_saved_model(Path(request.saved_model_dir), request.signature.key, shapes)
+        nncf_details: dict[str, Any] | None = None
+        if request.precision == "int8":
+            model, nncf_details = quantize(model, request)
+        ov.save_model(model, str(output_dir / MODEL_FILE), compress_to_fp16=False)
+        seconds = time.perf_counter() - started
+        settings = {
+            "precision": request.precision,
+            "inference_precision_hint": PRECISION_HINTS[request.precision],
+            "performance_hint": _performance_hint(request.objective),
+            "openvino_version": ov.__version__,
+        }
+        (output_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        request.signature.write(output_dir)
+        write_reproduce_script(output_dir / REPRODUCE_FILE, request, shapes, nncf_details)
+        summary = _summary(output_dir, model, settings, seconds, nncf_details)
+        log.info(
+            "openvino:%s converted in %.1f s: %s bytes, %s ops%s",
+            request.precision,
+            seconds,
+            summary["size_bytes"],
+            summary["num_ops"],
+            f", NNCF {nncf_details['method']}" if nncf_details else "",
+        )
+        return Conversion(artifact_dir=output_dir, summary=summary)
+
+    def _check_runs_here(self, precision: str) -> None:
+        reason = self.available()
+        if reason is None and precision == "bf16":
+            reason = bf16_unavailable_reason()
+        if reason is None and precision == "int8" and importlib.util.find_spec("nncf") is None:
+            reason = "nncf is not installed; install nncf==3.4.0 to build openvino:int8"
+        if reason:
+            raise BackendUnavailableError(reason)
+
+    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> OpenVinoRunner:
+        """Compiles `model.xml` for the CPU with the variant's recorded precision and hints."""
+        artifact_dir = Path(artifact_dir)
+        model_path, settings_path = artifact_dir / MODEL_FILE, artifact_dir / SETTINGS_FILE
+        if not (model_path.is_file() and settings_path.is_file()):
+            raise UserInputError(
+                f"{artifact_dir} holds no {MODEL_FILE} with {SETTINGS_FILE}; convert the variant "
+                "first"
+            )
+        settings = json.loads(settings_path.read_text())
+        config = compile_config(
+            settings["inference_precision_hint"], settings["performance_hint"], num_threads
+        )
+        core = _core()
+        compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+        return OpenVinoRunner(compiled, signature)
+
+
+def _summary(
+    output_dir: Path,
+    model: Any,
+    settings: dict[str, Any],
+    seconds: float,
+    nncf_details: dict[str, Any] | None,
+) -> dict[str, Any]:
+    ops = op_counts(model)
+    summary: dict[str, Any] = {
+        "size_bytes": sum((output_dir / f).stat().st_size for f in (MODEL_FILE, WEIGHTS_FILE)),
+        "conversion_seconds": round(seconds, 3),
+        "inference_precision_hint": settings["inference_precision_hint"],
+        "performance_hint": settings["performance_hint"],
+        "op_counts": ops,
+        "num_ops": sum(ops.values()),
+    }
+    if nncf_details:
+        summary["nncf"] = nncf_details
+        summary["calibration_samples"] = nncf_details["calibration_samples"]
+        summary["quantization_seconds"] = nncf_details["seconds"]
+        summary["fake_quantize_ops"] = nncf_details["fake_quantize_ops"]
+        summary["layers_kept_fp32"] = len(nncf_details["kept_fp32"])
+    return summary
