@@ -199,7 +199,13 @@ class _ValidationProbe:
 
     Its data items are sample indices into `validation.samples`; full-slice scores are kept in
     order (the FP32 reference first, then the plain INT8 model, then each repair step).
+
+    NNCF wants higher-is-better scores and also computes a relative drop, dividing by the
+    reference score, which fails on a perfect error metric (0.0). So it sees the metric shifted
+    by `SCORE_OFFSET` (negated first for error metrics): absolute drops are unchanged.
     """
+
+    SCORE_OFFSET = 1000.0
 
     def __init__(self, validation: AccuracyValidation, signature: Signature) -> None:
         self._validation = validation
@@ -212,7 +218,8 @@ class _ValidationProbe:
         value = float(self._validation.metric(runner, indices))
         if len(indices) == len(self._validation.samples):
             self.full_scores.append(value)
-        return (value if self._validation.higher_is_better else -value), None
+        score = value if self._validation.higher_is_better else -value
+        return self.SCORE_OFFSET + score, None
 
 
 def quantize(model: Any, request: ConversionRequest) -> tuple[Any, dict[str, Any]]:

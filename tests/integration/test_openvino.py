@@ -1,0 +1,234 @@
+"""The OpenVINO backend on the tiny Keras model, with the real OpenVINO runtime, NNCF and MLflow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.backends import AccuracyValidation, BackendUnavailableError, ConversionRequest, openvino
+from tasks.backends import get_backend as _get_backend
+from tasks.errors import TfoptError
+from tasks.signature import Signature, TensorInfo
+
+pytestmark = pytest.mark.integration
+
+INPUT = "image"
+THREADS = 2
+
+
+def _shard(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as shard:
+        return {name: shard[name] for name in shard.files}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bundle, tmp_path_factory):
+    """The tiny model exported as tfopt exports it, its reference outputs and its data."""
+    import tensorflow as tf
+
+    from tasks.export import export_model
+
+    export_dir, signature, _ = export_model(
+        str(tiny_bundle["model"]), tmp_path_factory.mktemp("ov-export")
+    )
+    saved_model = export_dir / "saved_model"
+    evaluation = _shard(tiny_bundle["eval"] / "shard-00000.npz")
+    calibration = _shard(tiny_bundle["calibration"] / "shard-00000.npz")[INPUT]
+    function = tf.saved_model.load(str(saved_model)).signatures[signature.key]
+    (output,) = signature.output_names
+    expected = function(**{INPUT: tf.constant(evaluation[INPUT])})[output].numpy()
+    return {
+        "saved_model": saved_model,
+        "signature": signature,
+        "images": evaluation[INPUT],
+        "labels": evaluation["labels"],
+        "expected": expected,
+        "output": output,
+        "calibration_dir": tiny_bundle["calibration"],
+        "calibration": lambda: ({INPUT: calibration[i : i + 1]} for i in range(len(calibration))),
+    }
+
+
+def _request(tiny, out_dir: Path, precision: str, **extra) -> ConversionRequest:
+    return ConversionRequest(
+        saved_model_dir=tiny["saved_model"],
+        signature=tiny["signature"],
+        precision=precision,
+        output_dir=out_dir,
+        calibration_data=tiny["calibration"],
+        **extra,
+    )
+
+
+def _outputs(runner, tiny, batch: int) -> np.ndarray:
+    images = tiny["images"]
+    chunks = [
+        runner({INPUT: images[start : start + batch]})[tiny["output"]]
+        for start in range(0, len(images), batch)
+    ]
+    return np.concatenate(chunks)
+
+
+def _agreement(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))
+
+
+def test_fp32_matches_tensorflow_with_f32_pinned(tiny, tmp_path):
+    backend = _get_backend("openvino")
+    assert backend.available() is None
+    conversion = backend.convert(_request(tiny, tmp_path / "fp32", "fp32"))
+    summary = conversion.summary
+    assert (conversion.artifact_dir / openvino.MODEL_FILE).is_file()
+    assert (conversion.artifact_dir / openvino.REPRODUCE_FILE).is_file()
+    assert summary["inference_precision_hint"] == "f32" and summary["num_ops"] > 0
+    assert summary["size_bytes"] > 0 and summary["conversion_seconds"] > 0
+    with backend.load(conversion.artifact_dir, tiny["signature"], THREADS) as runner:
+        compiled = runner.compiled_model
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == THREADS
+        assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+        assert compiled.get_property("NUM_STREAMS") == 1
+        for batch in (1, 4, 7):  # dynamic batch, including one that does not divide the data
+            np.testing.assert_allclose(_outputs(runner, tiny, batch), tiny["expected"], atol=1e-5)
+
+
+def test_bf16_runs_only_where_the_cpu_has_bf16(tiny, tmp_path):
+    backend = _get_backend("openvino")
+    reason = openvino.bf16_unavailable_reason()
+    request = _request(tiny, tmp_path / "bf16", "bf16")
+    if reason is not None:
+        with pytest.raises(BackendUnavailableError) as raised:
+            backend.convert(request)
+        assert raised.value.reason == reason and "BF16" in reason
+        return
+    conversion = backend.convert(request)
+    with backend.load(conversion.artifact_dir, tiny["signature"], THREADS) as runner:
+        hint = runner.compiled_model.get_property("INFERENCE_PRECISION_HINT")
+        assert hint.get_type_name() == "bf16"
+        got = _outputs(runner, tiny, 8)
+    np.testing.assert_allclose(got, tiny["expected"], atol=3e-2)
+    assert _agreement(got, tiny["expected"]) >= 0.95
+
+
+def test_int8_is_quantized_close_and_keeps_f32_for_the_rest(tiny, tmp_path):
+    backend = _get_backend("openvino")
+    conversion = backend.convert(_request(tiny, tmp_path / "int8", "int8"))
+    nncf = conversion.summary["nncf"]
+    assert nncf["method"] == "quantize"
+    assert nncf["calibration_samples"] == 100
+    assert nncf["fake_quantize_ops"] > 0 and nncf["weighted_ops"] == 2
+    assert nncf["kept_fp32"] == []
+    with backend.load(conversion.artifact_dir, tiny["signature"], THREADS) as runner:
+        hint = runner.compiled_model.get_property("INFERENCE_PRECISION_HINT")
+        assert hint.get_type_name() == "f32"
+        got = _outputs(runner, tiny, 4)
+    assert not np.allclose(got, tiny["expected"], atol=1e-6), "int8 should differ from fp32"
+    assert np.max(np.abs(got - tiny["expected"])) < 0.1
+    assert _agreement(got, tiny["expected"]) >= 0.9
+
+
+def test_accuracy_control_keeps_layers_in_fp32_to_meet_the_tolerance(tiny, tmp_path):
+    """With tfopt's metric (here: mean absolute error vs the baseline, lower is better) and a
+    tolerance plain INT8 cannot meet, NNCF reverts quantized layers until it does."""
+    samples = [{INPUT: tiny["images"][i : i + 1]} for i in range(40)]
+    calls = []
+
+    def mean_abs_error(runner, indices):
+        indices = range(len(samples)) if indices is None else list(indices)
+        calls.append(len(indices))
+        got = np.concatenate([runner(samples[i])[tiny["output"]] for i in indices])
+        return float(np.mean(np.abs(got - tiny["expected"][list(indices)])))
+
+    validation = AccuracyValidation(samples, mean_abs_error, higher_is_better=False)
+    backend = _get_backend("openvino")
+    request = _request(
+        tiny, tmp_path / "int8-ac", "int8", validation=validation, accuracy_tolerance=1e-5
+    )
+    conversion = backend.convert(request)
+    nncf = conversion.summary["nncf"]
+    assert nncf["method"] == "quantize_with_accuracy_control"
+    assert nncf["validation_samples"] == 40 and nncf["max_drop"] == 1e-5
+    assert nncf["metric_fp32"] < 1e-5 < nncf["metric_int8_plain"]
+    assert nncf["kept_fp32"], "accuracy control should have kept a layer in FP32"
+    assert max(calls) == 40 and 1 in calls  # full-slice scores and per-sample ranking
+    with backend.load(conversion.artifact_dir, tiny["signature"], THREADS) as runner:
+        repaired = mean_abs_error(runner, None)
+    assert repaired <= nncf["metric_fp32"] + 1e-5 < nncf["metric_int8_plain"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_reproduce_script_rebuilds_the_same_model(tiny, tmp_path, precision):
+    backend = _get_backend("openvino")
+    conversion = backend.convert(_request(tiny, tmp_path / precision, precision))
+    rebuilt = tmp_path / "rebuilt" / "model.xml"
+    rebuilt.parent.mkdir()
+    subprocess.run(
+        [
+            sys.executable,
+            str(conversion.artifact_dir / openvino.REPRODUCE_FILE),
+            str(tiny["saved_model"]),
+            "--calibration-dir",
+            str(tiny["calibration_dir"]),
+            "--output",
+            str(rebuilt),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    for name in ("openvino.json", "signature.json"):
+        (rebuilt.parent / name).write_bytes((conversion.artifact_dir / name).read_bytes())
+    with (
+        backend.load(conversion.artifact_dir, tiny["signature"], THREADS) as original,
+        backend.load(rebuilt.parent, tiny["signature"], THREADS) as again,
+    ):
+        np.testing.assert_array_equal(_outputs(again, tiny, 8), _outputs(original, tiny, 8))
+    assert (
+        rebuilt.with_suffix(".bin").read_bytes()
+        == (conversion.artifact_dir / openvino.WEIGHTS_FILE).read_bytes()
+    )
+
+
+def test_string_inputs_fail_with_the_reason(tiny, tmp_path):
+    signature = Signature(
+        inputs=(TensorInfo("jpeg", "string", (None,)),),
+        outputs=(TensorInfo("output_0", "float32", (None, 2)),),
+    )
+    request = ConversionRequest(
+        saved_model_dir=tiny["saved_model"],
+        signature=signature,
+        precision="fp32",
+        output_dir=tmp_path / "strings",
+        calibration_data=tiny["calibration"],
+    )
+    with pytest.raises(TfoptError, match=r"input\(s\) \['jpeg'\] are strings"):
+        _get_backend("openvino").convert(request)
+
+
+def test_served_from_mlflow_with_the_openvino_runtime_pinned(local_stack, tiny, tmp_path):
+    import mlflow
+
+    from tasks import registry
+
+    conversion = _get_backend("openvino").convert(_request(tiny, tmp_path / "fp32", "fp32"))
+    example = {INPUT: tiny["images"][:2]}
+    mlflow.set_experiment(f"tfopt/it-openvino-{tmp_path.name}")
+    with mlflow.start_run():
+        uri = registry.log_pyfunc(
+            conversion.artifact_dir,
+            conversion.artifact_dir,
+            {"variant": "openvino:fp32"},
+            example,
+            THREADS,
+        )
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+    assert f"openvino=={metadata.version('openvino')}" in requirements
+    assert not any(line.startswith(("tensorflow", "ai-edge-litert")) for line in requirements)
+    served = mlflow.pyfunc.load_model(uri)
+    got = served.predict({INPUT: tiny["images"][:8]})
+    np.testing.assert_allclose(got, tiny["expected"][:8], atol=1e-5)
