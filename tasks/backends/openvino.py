@@ -12,9 +12,11 @@ import functools
 import importlib.util
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +25,37 @@ import numpy as np
 from tasks.backends.base import (
     AccuracyValidation,
     BackendUnavailableError,
+    CalibrationData,
     Conversion,
     ConversionRequest,
+    ConverterError,
     Feeds,
+    Runner,
     check_feeds,
     check_precision,
 )
-from tasks.errors import TfoptError, UserInputError
-from tasks.signature import Signature
+from tasks.backends.graph_split import (
+    GraphSplit,
+    PrefixRunner,
+    SplitRunner,
+    core_calibration,
+    find_split,
+    read_split,
+    write_split,
+)
+from tasks.backends.openvino_reproduce import (
+    REPRODUCE_FILE,
+    ReproduceSettings,
+    write_reproduce_script,
+)
+from tasks.errors import UserInputError
+from tasks.signature import STRING, Signature, as_feed, numpy_dtype
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
 SETTINGS_FILE = "openvino.json"
-REPRODUCE_FILE = "reproduce.py"
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 """INFERENCE_PRECISION_HINT per precision; INT8 runs its non-quantized parts in FP32."""
 DEFAULT_TOLERANCE = 0.01
@@ -91,26 +109,44 @@ def _performance_hint(objective: str) -> str:
 # --- conversion --------------------------------------------------------------------------------
 
 
-def _check_numeric_inputs(signature: Signature) -> None:
-    """Raises (the variant FAILS) when the graph takes strings: OpenVINO runs numeric graphs."""
-    strings = [t.name for t in signature.inputs if t.dtype in ("string", "object", "bytes")]
+@dataclass(frozen=True)
+class _Target:
+    """What convert_model gets: the whole SavedModel, or the numeric core of a split graph."""
+
+    saved_model_dir: Path
+    signature: Signature
+    calibration_data: CalibrationData
+    split: GraphSplit | None
+
+
+def _target(request: ConversionRequest, work_dir: Path) -> _Target:
+    """The SavedModel to convert; a string-decoding prefix stays in TensorFlow (graph_split)."""
+    sample = next(iter(request.calibration_data()), None)
+    split = find_split(
+        request.saved_model_dir, request.signature, work_dir=work_dir / "split", sample=sample
+    )
+    if split is not None:
+        calibration = core_calibration(split, request.calibration_data)
+        return _Target(split.core_dir, split.core_signature, calibration, split)
+    strings = [t.name for t in request.signature.inputs if t.dtype == STRING]
     if strings:
-        raise TfoptError(
-            f"openvino cannot convert this model: its input(s) {strings} are strings decoded "
-            "inside the graph, which OpenVINO does not run; use the tf or tflite variants, or "
-            "export a model that takes the decoded numeric tensor"
+        raise ConverterError(
+            f"openvino cannot convert this model: its string input(s) {strings} feed no "
+            "decoding prefix tfopt can keep in TensorFlow; use the tf variant, or export a model "
+            "that takes the decoded numeric tensor"
         )
+    return _Target(request.saved_model_dir, request.signature, request.calibration_data, None)
 
 
-def input_shapes(request: ConversionRequest) -> dict[str, list[int]]:
+def input_shapes(signature: Signature, calibration_data: CalibrationData) -> dict[str, list[int]]:
     """Each input's shape for OpenVINO: batch dynamic (-1), other dims from the signature.
 
     Non-batch dimensions the signature leaves unknown are taken from the first calibration
     sample, as the data fixes them for every other stage.
     """
-    shapes = {t.name: [-1, *(d for d in t.shape[1:])] for t in request.signature.inputs}
+    shapes = {t.name: [-1, *t.shape[1:]] for t in signature.inputs}
     if any(d is None for shape in shapes.values() for d in shape):
-        first = next(iter(request.calibration_data()), None)
+        first = next(iter(calibration_data()), None)
         if first is None:
             raise UserInputError(
                 "the model's signature leaves input dimensions unknown and the calibration "
@@ -180,12 +216,12 @@ def kept_in_float(model: Any) -> list[int]:
 # --- INT8 by NNCF ------------------------------------------------------------------------------
 
 
-def _calibration_samples(request: ConversionRequest) -> list[Feeds]:
-    dtypes = {t.name: np.dtype(t.dtype) for t in request.signature.inputs}
+def _calibration_samples(target: _Target) -> list[Feeds]:
+    names = target.signature.input_names
     samples = []
-    for feeds in request.calibration_data():
-        check_feeds(request.signature.input_names, feeds)
-        samples.append({name: np.asarray(feeds[name], dtype=dtypes[name]) for name in dtypes})
+    for feeds in target.calibration_data():
+        check_feeds(names, feeds)
+        samples.append({t.name: as_feed(feeds[t.name], t.dtype) for t in target.signature.inputs})
     if not samples:
         raise UserInputError(
             "openvino:int8 needs calibration data, but calibration_data_uri yielded no batch; "
@@ -207,14 +243,25 @@ class _ValidationProbe:
 
     SCORE_OFFSET = 1000.0
 
-    def __init__(self, validation: AccuracyValidation, signature: Signature) -> None:
+    def __init__(self, validation: AccuracyValidation, target: _Target) -> None:
         self._validation = validation
-        self._signature = signature
+        self._target = target
+        self._prefix = PrefixRunner(target.split.prefix_dir) if target.split else None
         self.full_scores: list[float] = []
+
+    def runner(self, compiled: Any) -> Runner:
+        """The model's runner: the compiled core behind the TensorFlow prefix when split."""
+        core = OpenVinoRunner(compiled, self._target.signature)
+        return SplitRunner(self._prefix, core) if self._prefix else core
+
+    def core_feeds(self, index: int) -> Feeds:
+        """Validation sample `index` as the converted model takes it (through the prefix)."""
+        feeds = self._validation.samples[index]
+        return self._prefix(feeds) if self._prefix else feeds
 
     def __call__(self, compiled: Any, items: Iterable[int]) -> tuple[float, None]:
         indices = [int(i) for i in items]
-        runner = OpenVinoRunner(compiled, self._signature)
+        runner = self.runner(compiled)
         value = float(self._validation.metric(runner, indices))
         if len(indices) == len(self._validation.samples):
             self.full_scores.append(value)
@@ -222,11 +269,11 @@ class _ValidationProbe:
         return self.SCORE_OFFSET + score, None
 
 
-def quantize(model: Any, request: ConversionRequest) -> tuple[Any, dict[str, Any]]:
+def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[Any, dict[str, Any]]:
     """INT8 by NNCF post-training quantization, accuracy-controlled when validation is given."""
     import nncf
 
-    samples = _calibration_samples(request)
+    samples = _calibration_samples(target)
     calibration = nncf.Dataset(samples)
     started = time.perf_counter()
     details: dict[str, Any] = {"calibration_samples": len(samples)}
@@ -235,14 +282,14 @@ def quantize(model: Any, request: ConversionRequest) -> tuple[Any, dict[str, Any
         quantized = nncf.quantize(model, calibration, subset_size=len(samples))
         details["method"] = "quantize"
     else:
-        probe = _ValidationProbe(validation, request.signature)
+        probe = _ValidationProbe(validation, target)
         max_drop = (
             DEFAULT_TOLERANCE if request.accuracy_tolerance is None else request.accuracy_tolerance
         )
         quantized = nncf.quantize_with_accuracy_control(
             model,
             calibration,
-            nncf.Dataset(range(len(validation.samples)), validation.samples.__getitem__),
+            nncf.Dataset(range(len(validation.samples)), probe.core_feeds),
             probe,
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
@@ -262,102 +309,6 @@ def quantize(model: Any, request: ConversionRequest) -> tuple[Any, dict[str, Any
     details["kept_fp32"] = kept_in_float(quantized)
     details["kept_fp32_names"] = [ops[i].get_friendly_name() for i in details["kept_fp32"]]
     return quantized, details
-
-
-# --- reproduce.py ------------------------------------------------------------------------------
-
-_REPRODUCE = '''"""Re-run the OpenVINO conversion that made model.xml (tfopt, openvino:{precision}).
-
-    python reproduce.py SAVED_MODEL_DIR [--calibration-dir DIR] [--output model.xml]
-
-INT8 calibrates with NNCF on the .npz shards in --calibration-dir (one array per model input,
-one sample at a time, as tfopt did). When tfopt ran NNCF's accuracy control (METHOD), which
-needs tfopt's task metric, this script instead leaves the convolutions/matmuls that accuracy
-control kept in FP32 (KEPT_FP32: positions in topological order) out of plain quantization: the
-same layers in FP32, quantization parameters possibly a little different. The inference
-precision is a compile-time setting: compile with {{"INFERENCE_PRECISION_HINT": {hint!r}}}.
-"""
-
-import argparse
-import glob
-
-import numpy as np
-import openvino as ov
-
-PRECISION = {precision!r}
-SIGNATURE_KEY = {key!r}
-INPUTS = {inputs!r}  # name -> dtype
-SHAPES = {shapes!r}  # name -> shape, -1 = dynamic
-METHOD = {method!r}
-KEPT_FP32 = {kept!r}
-WEIGHTED_OPS = {weighted!r}
-
-
-def samples(directory):
-    for path in sorted(glob.glob(f"{{directory}}/**/*.npz", recursive=True)):
-        with np.load(path, allow_pickle=False) as shard:
-            for i in range(len(shard[next(iter(INPUTS))])):
-                yield {{name: shard[name][i : i + 1].astype(t) for name, t in INPUTS.items()}}
-
-
-def convert(saved_model_dir):
-    if SIGNATURE_KEY == "serving_default":
-        model = ov.convert_model(saved_model_dir)
-    else:
-        import tensorflow as tf
-
-        model = ov.convert_model(tf.saved_model.load(saved_model_dir).signatures[SIGNATURE_KEY])
-    model.reshape({{name: ov.PartialShape(shape) for name, shape in SHAPES.items()}})
-    return model
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("saved_model_dir")
-    parser.add_argument("--calibration-dir")
-    parser.add_argument("--output", default="model.xml")
-    args = parser.parse_args()
-    model = convert(args.saved_model_dir)
-    if PRECISION == "int8":
-        import nncf
-
-        if not args.calibration_dir:
-            parser.error("int8 needs --calibration-dir")
-        data = list(samples(args.calibration_dir))
-        weighted = [op for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPS]
-        names = [weighted[i].get_friendly_name() for i in KEPT_FP32]
-        ignored = nncf.IgnoredScope(names=names) if names else None
-        model = nncf.quantize(
-            model, nncf.Dataset(data), subset_size=len(data), ignored_scope=ignored
-        )
-    ov.save_model(model, args.output, compress_to_fp16=False)
-
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-def write_reproduce_script(
-    path: Path,
-    request: ConversionRequest,
-    shapes: dict[str, list[int]],
-    nncf_details: dict[str, Any] | None,
-) -> Path:
-    """A standalone script with this conversion's exact settings (kept next to the artifact)."""
-    path.write_text(
-        _REPRODUCE.format(
-            precision=request.precision,
-            hint=PRECISION_HINTS[request.precision],
-            key=request.signature.key,
-            inputs={t.name: t.dtype for t in request.signature.inputs},
-            shapes=shapes,
-            method=(nncf_details or {}).get("method"),
-            kept=list((nncf_details or {}).get("kept_fp32", [])),
-            weighted=sorted(_WEIGHTED_OPS),
-        )
-    )
-    return path
 
 
 # --- runtime -----------------------------------------------------------------------------------
@@ -383,7 +334,7 @@ class OpenVinoRunner:
         self.input_names = signature.input_names
         self.output_names = signature.output_names
         self.compiled_model = compiled
-        self._dtypes = {t.name: np.dtype(t.dtype) for t in signature.inputs}
+        self._dtypes = {t.name: numpy_dtype(t.dtype) for t in signature.inputs}
         self._inputs = _ports(compiled.inputs, self.input_names, "inputs")
         self._outputs = _ports(compiled.outputs, self.output_names, "outputs")
         self._request = compiled.create_infer_request()
@@ -426,25 +377,30 @@ class OpenVinoBackend:
         return None
 
     def convert(self, request: ConversionRequest) -> Conversion:
-        """Converts the SavedModel to `model.xml` + `model.bin` in `request.output_dir`.
+        """Converts the SavedModel (or the core of its split) to `model.xml` + `model.bin`.
 
         Raises:
             BackendUnavailableError: bf16 on a CPU without native BF16, or NNCF missing (int8).
+            ConverterError: string inputs with no decoding prefix to keep in TensorFlow.
+            UnsplittableGraphError: ops no converter takes do not form a leading prefix.
         """
         check_precision(self.name, self.precisions, request.precision)
         self._check_runs_here(request.precision)
-        _check_numeric_inputs(request.signature)
         import openvino as ov
 
         output_dir = Path(request.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        shapes = input_shapes(request)
-        model = read_saved_model(Path(request.saved_model_dir), request.signature.key, shapes)
         nncf_details: dict[str, Any] | None = None
-        if request.precision == "int8":
-            model, nncf_details = quantize(model, request)
-        ov.save_model(model, str(output_dir / MODEL_FILE), compress_to_fp16=False)
+        with tempfile.TemporaryDirectory(prefix="tfopt-openvino-") as work_dir:
+            target = _target(request, Path(work_dir))
+            shapes = input_shapes(target.signature, target.calibration_data)
+            model = read_saved_model(target.saved_model_dir, target.signature.key, shapes)
+            if request.precision == "int8":
+                model, nncf_details = quantize(model, request, target)
+            ov.save_model(model, str(output_dir / MODEL_FILE), compress_to_fp16=False)
+            if target.split is not None:
+                write_split(target.split, output_dir)
         seconds = time.perf_counter() - started
         settings = {
             "precision": request.precision,
@@ -454,15 +410,26 @@ class OpenVinoBackend:
         }
         (output_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         request.signature.write(output_dir)
-        write_reproduce_script(output_dir / REPRODUCE_FILE, request, shapes, nncf_details)
-        summary = _summary(output_dir, model, settings, seconds, nncf_details)
+        write_reproduce_script(
+            output_dir / REPRODUCE_FILE,
+            request,
+            ReproduceSettings(
+                hint=PRECISION_HINTS[request.precision],
+                shapes=shapes,
+                split=target.split,
+                nncf=nncf_details,
+                weighted_ops=tuple(sorted(_WEIGHTED_OPS)),
+            ),
+        )
+        summary = _summary(output_dir, model, settings, seconds, nncf_details, target.split)
         log.info(
-            "openvino:%s converted in %.1f s: %s bytes, %s ops%s",
+            "openvino:%s converted in %.1f s: %s bytes, %s ops%s%s",
             request.precision,
             seconds,
             summary["size_bytes"],
             summary["num_ops"],
             f", NNCF {nncf_details['method']}" if nncf_details else "",
+            f", {', '.join(target.split.tf_ops)} left in TensorFlow" if target.split else "",
         )
         return Conversion(artifact_dir=output_dir, summary=summary)
 
@@ -475,8 +442,11 @@ class OpenVinoBackend:
         if reason:
             raise BackendUnavailableError(reason)
 
-    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> OpenVinoRunner:
-        """Compiles `model.xml` for the CPU with the variant's recorded precision and hints."""
+    def load(self, artifact_dir: Path, signature: Signature, num_threads: int) -> Runner:
+        """Compiles `model.xml` with the variant's recorded precision and hints (CPU).
+
+        A split variant runs its TensorFlow prefix first, then the compiled core.
+        """
         artifact_dir = Path(artifact_dir)
         model_path, settings_path = artifact_dir / MODEL_FILE, artifact_dir / SETTINGS_FILE
         if not (model_path.is_file() and settings_path.is_file()):
@@ -490,7 +460,14 @@ class OpenVinoBackend:
         )
         core = _core()
         compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
-        return OpenVinoRunner(compiled, signature)
+        split = read_split(artifact_dir)
+        if split is None:
+            return OpenVinoRunner(compiled, signature)
+        from tasks.backends.tf import set_tf_threads
+
+        set_tf_threads(num_threads)
+        core_runner = OpenVinoRunner(compiled, split.core_signature)
+        return SplitRunner(PrefixRunner(split.prefix_dir), core_runner)
 
 
 def _summary(
@@ -499,6 +476,7 @@ def _summary(
     settings: dict[str, Any],
     seconds: float,
     nncf_details: dict[str, Any] | None,
+    split: GraphSplit | None,
 ) -> dict[str, Any]:
     ops = op_counts(model)
     summary: dict[str, Any] = {
@@ -515,4 +493,6 @@ def _summary(
         summary["quantization_seconds"] = nncf_details["seconds"]
         summary["fake_quantize_ops"] = nncf_details["fake_quantize_ops"]
         summary["layers_kept_fp32"] = len(nncf_details["kept_fp32"])
+    if split is not None:
+        summary["split"] = {"tf_ops": list(split.tf_ops), "boundary": list(split.boundary)}
     return summary
