@@ -52,11 +52,14 @@ class AccuracyValidation:
         metric: `metric(runner, indices)` is the task metric of `runner` over the samples at
             `indices` (all of them when None).
         higher_is_better: False for error metrics (MAE, RMSE).
+        relative: the tolerance is a relative rise of the metric (0.05 = 5% more error), as the
+            accuracy gate judges error metrics, instead of an absolute drop.
     """
 
     samples: Sequence[Feeds]
     metric: Callable[[Runner, Sequence[int] | None], float]
     higher_is_better: bool = True
+    relative: bool = False
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,18 @@ class _ValidationProbe:
         return self.SCORE_OFFSET + score, None
 
 
+def _max_drop(model: Any, request: ConversionRequest, probe: _ValidationProbe) -> float:
+    """NNCF's absolute `max_drop`; a relative tolerance is scaled by the FP32 model's metric."""
+    tolerance = (
+        DEFAULT_TOLERANCE if request.accuracy_tolerance is None else request.accuracy_tolerance
+    )
+    if request.validation is None or not request.validation.relative:
+        return tolerance
+    compiled = _core().compile_model(model, "CPU", compile_config("f32", "LATENCY", 1))
+    reference = abs(float(request.validation.metric(probe.runner(compiled), None)))
+    return max(tolerance * reference, 1e-12)
+
+
 def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[Any, dict[str, Any]]:
     """INT8 by NNCF post-training quantization, accuracy-controlled when validation is given."""
     import nncf
@@ -283,9 +295,7 @@ def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[A
         details["method"] = "quantize"
     else:
         probe = _ValidationProbe(validation, target)
-        max_drop = (
-            DEFAULT_TOLERANCE if request.accuracy_tolerance is None else request.accuracy_tolerance
-        )
+        max_drop = _max_drop(model, request, probe)
         quantized = nncf.quantize_with_accuracy_control(
             model,
             calibration,

@@ -160,6 +160,30 @@ def test_accuracy_control_keeps_layers_in_fp32_to_meet_the_tolerance(tiny, tmp_p
     assert repaired <= nncf["metric_fp32"] + 1e-5 < nncf["metric_int8_plain"]
 
 
+def test_a_relative_tolerance_scales_with_the_fp32_error(tiny, tmp_path):
+    """Error metrics are gated on a relative rise: NNCF's max_drop is tolerance x FP32 error."""
+    samples = [{INPUT: tiny["images"][i : i + 1]} for i in range(40)]
+    truth = tiny["labels"][:40].astype(np.float32)
+
+    def probability_error(runner, indices):
+        indices = list(range(len(samples)) if indices is None else indices)
+        got = np.concatenate([runner(samples[i])[tiny["output"]][:, 1] for i in indices])
+        return float(np.mean(np.abs(got - truth[indices])))
+
+    validation = AccuracyValidation(
+        samples, probability_error, higher_is_better=False, relative=True
+    )
+    request = _request(
+        tiny, tmp_path / "int8-rel", "int8", validation=validation, accuracy_tolerance=0.5
+    )
+    nncf = _get_backend("openvino").convert(request).summary["nncf"]
+    assert nncf["method"] == "quantize_with_accuracy_control"
+    assert nncf["metric_fp32"] > 0.01
+    assert nncf["max_drop"] == pytest.approx(0.5 * nncf["metric_fp32"], rel=1e-6)
+    assert nncf["metric_int8_plain"] <= 1.5 * nncf["metric_fp32"]
+    assert nncf["kept_fp32"] == []  # within the tolerance: nothing to repair
+
+
 def _check_reproduce(conversion, saved_model: Path, calibration_dir: Path, tmp_path: Path):
     """reproduce.py, run on its own, writes the same graph and weights as tfopt did."""
     rebuilt = tmp_path / "rebuilt" / openvino.MODEL_FILE
