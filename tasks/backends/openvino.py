@@ -8,10 +8,12 @@ bf16) in `openvino.json` beside `model.xml`, and `load` compiles with exactly th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import logging
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -281,8 +283,43 @@ def _max_drop(model: Any, request: ConversionRequest, probe: _ValidationProbe) -
     return max(tolerance * reference, 1e-12)
 
 
+def _quantize_with_accuracy_control(
+    model: Any,
+    calibration: Any,
+    validation: AccuracyValidation,
+    request: ConversionRequest,
+    target: _Target,
+) -> tuple[Any, dict[str, Any]]:
+    """NNCF's accuracy-aware quantization driven by tfopt's metric on the validation slice."""
+    import nncf
+
+    probe = _ValidationProbe(validation, target)
+    max_drop = _max_drop(model, request, probe)
+    quantized = nncf.quantize_with_accuracy_control(
+        model,
+        calibration,
+        nncf.Dataset(range(len(validation.samples)), probe.core_feeds),
+        probe,
+        max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=calibration.get_length(),
+    )
+    scores = probe.full_scores
+    return quantized, {
+        "method": "quantize_with_accuracy_control",
+        "validation_samples": len(validation.samples),
+        "max_drop": max_drop,
+        "metric_fp32": scores[0] if scores else None,
+        "metric_int8_plain": scores[1] if len(scores) > 1 else None,
+    }
+
+
 def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[Any, dict[str, Any]]:
-    """INT8 by NNCF post-training quantization, accuracy-controlled when validation is given."""
+    """INT8 by NNCF post-training quantization, accuracy-controlled when validation is given.
+
+    NNCF draws progress bars on stdout, which belongs to the caller (e.g. `tfopt --json`): they
+    go to stderr instead.
+    """
     import nncf
 
     samples = _calibration_samples(target)
@@ -290,28 +327,15 @@ def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[A
     started = time.perf_counter()
     details: dict[str, Any] = {"calibration_samples": len(samples)}
     validation = request.validation
-    if validation is None or not validation.samples:
-        quantized = nncf.quantize(model, calibration, subset_size=len(samples))
-        details["method"] = "quantize"
-    else:
-        probe = _ValidationProbe(validation, target)
-        max_drop = _max_drop(model, request, probe)
-        quantized = nncf.quantize_with_accuracy_control(
-            model,
-            calibration,
-            nncf.Dataset(range(len(validation.samples)), probe.core_feeds),
-            probe,
-            max_drop=max_drop,
-            drop_type=nncf.DropType.ABSOLUTE,
-            subset_size=len(samples),
-        )
-        details.update(
-            method="quantize_with_accuracy_control",
-            validation_samples=len(validation.samples),
-            max_drop=max_drop,
-            metric_fp32=probe.full_scores[0] if probe.full_scores else None,
-            metric_int8_plain=probe.full_scores[1] if len(probe.full_scores) > 1 else None,
-        )
+    with contextlib.redirect_stdout(sys.stderr):
+        if validation is None or not validation.samples:
+            quantized = nncf.quantize(model, calibration, subset_size=len(samples))
+            details["method"] = "quantize"
+        else:
+            quantized, control = _quantize_with_accuracy_control(
+                model, calibration, request.validation, request, target
+            )
+            details.update(control)
     details["seconds"] = round(time.perf_counter() - started, 3)
     details["fake_quantize_ops"] = op_counts(quantized).get("FakeQuantize", 0)
     ops = weighted_ops(quantized)

@@ -317,3 +317,38 @@ def test_served_from_mlflow_with_the_openvino_runtime_pinned(local_stack, tiny, 
     served = mlflow.pyfunc.load_model(uri)
     got = served.predict({INPUT: tiny["images"][:8]})
     np.testing.assert_allclose(got, tiny["expected"][:8], atol=1e-5)
+
+
+def test_the_pipeline_builds_validates_and_measures_openvino_variants(
+    local_stack, tiny_bundle, model_name, work_dir, capsys
+):
+    import json
+
+    from tasks import cli
+
+    argv = [
+        "optimize",
+        "--model-uri",
+        str(tiny_bundle["model"]),
+        "--eval-data-uri",
+        str(tiny_bundle["eval"]),
+        "--calibration-data-uri",
+        str(tiny_bundle["calibration"]),
+        "--registered-model-name",
+        model_name,
+        "--variants",
+        "openvino:fp32,openvino:bf16,openvino:int8",
+        "--json",
+    ]
+    capsys.readouterr()
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = {row["variant"]: row for row in json.loads(out)["variants"]}
+    assert set(rows) == {"tf:fp32", "openvino:fp32", "openvino:bf16", "openvino:int8"}
+    bf16_expected = "SKIPPED" if openvino.bf16_unavailable_reason() else "OK"
+    assert rows["openvino:bf16"]["status"] == bf16_expected, rows["openvino:bf16"]["reason"]
+    for variant in ("openvino:fp32", "openvino:int8"):
+        assert rows[variant]["status"] == "OK", rows[variant]["reason"]
+        assert rows[variant]["p50_ms"] > 0
+    assert rows["openvino:fp32"]["max_abs_error"] < 1e-4
