@@ -28,6 +28,8 @@ GPU_LANE = "gpu"
 """The queue of GPU workers."""
 COMMON_REQUIREMENTS = ("numpy",)
 """Packages every served variant needs, whatever its runtime."""
+PREFIX_REQUIREMENTS = ("tensorflow-cpu",)
+"""Packages a served variant needs when its graph was split (the prefix runs in TensorFlow)."""
 FALLBACK_COLOUR = "#937860"
 
 
@@ -168,9 +170,15 @@ def variants_in_lane(variants: Iterable[str], lane: str) -> list[str]:
     return [variant for variant in variants if variant_lane(variant) == lane]
 
 
-def serving_requirements(backend: str) -> tuple[str, ...]:
-    """Pip distributions a served variant of `backend` needs (common ones first)."""
-    return tuple(dict.fromkeys((*COMMON_REQUIREMENTS, *entry(backend).serving_requirements)))
+def serving_requirements(backend: str, *, tensorflow_prefix: bool = False) -> tuple[str, ...]:
+    """Pip distributions a served variant of `backend` needs (common ones first).
+
+    `tensorflow_prefix`: the variant runs a decoding prefix of its graph in TensorFlow.
+    """
+    prefix = PREFIX_REQUIREMENTS if tensorflow_prefix else ()
+    return tuple(
+        dict.fromkeys((*COMMON_REQUIREMENTS, *entry(backend).serving_requirements, *prefix))
+    )
 
 
 def backend_colour(variant: str) -> str:

@@ -72,6 +72,9 @@ def test_serving_requirements_name_each_runtime():
     assert serving_requirements("openvino") == ("numpy", "openvino")
     assert serving_requirements("tflite") == ("numpy", "tensorflow-cpu", "ai-edge-litert")
     assert serving_requirements("tf") == ("numpy", "tensorflow-cpu")
+    split = serving_requirements("openvino", tensorflow_prefix=True)
+    assert split == ("numpy", "openvino", "tensorflow-cpu")
+    assert serving_requirements("tflite", tensorflow_prefix=True).count("tensorflow-cpu") == 1
 
 
 def test_registry_pins_the_installed_openvino_for_served_openvino_variants(monkeypatch):
@@ -80,6 +83,15 @@ def test_registry_pins_the_installed_openvino_for_served_openvino_variants(monke
     versions = {"numpy": "2.4.0", "openvino": "2026.4.1"}
     monkeypatch.setattr(registry.metadata, "version", lambda dist: versions[dist])
     assert registry._requirements("openvino") == ["numpy==2.4.0", "openvino==2026.4.1"]
+
+
+def test_a_split_variant_is_served_with_tensorflow_for_its_prefix(monkeypatch, tmp_path):
+    from tasks import registry
+
+    monkeypatch.setattr(registry.metadata, "version", lambda dist: "1.0")
+    assert registry._requirements("openvino", tmp_path) == ["numpy==1.0", "openvino==1.0"]
+    (tmp_path / "split.json").write_text("{}")
+    assert registry._requirements("openvino", tmp_path)[-1] == "tensorflow-cpu==1.0"
 
 
 def test_report_colours_come_from_the_table():
