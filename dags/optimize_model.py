@@ -12,8 +12,9 @@ the winner to the MLflow model registry.
 * **prepare_data**: eval and calibration shards are checked against the signature; the baseline
   runs once over the eval data to give the reference outputs.
 * **convert / validate / benchmark** are mapped over the variants (`backend:precision`): LiteRT
-  on CPU workers; TF-TRT on the `gpu` queue (SKIPPED with the reason where TensorRT is absent).
-  Benchmarks share the `tfopt_benchmark` pool (one slot) so they never run at the same time.
+  and OpenVINO on CPU workers; TF-TRT on the `gpu` queue (SKIPPED with the reason where
+  TensorRT is absent). Benchmarks share the `tfopt_benchmark` pool (one slot) so they never
+  run at the same time.
 * **select** picks the fastest variant within the accuracy tolerance (and the p99 SLO, if set);
   **register** logs every variant to MLflow and registers the choice (alias `challenger`;
   `champion` only if it beats the current champion on this hardware).
@@ -39,6 +40,8 @@ from tfopt_airflow import (
     skipped_stays_skipped,
     user_errors_fail_fast,
 )
+
+from tasks.backends import CPU_LANE, GPU_LANE
 
 
 def _config_and_run(settings: dict[str, Any]):
@@ -90,8 +93,10 @@ def prepare_data(settings: dict[str, Any], exported: dict[str, Any]) -> dict[str
 
 @task
 def lane_variants(settings: dict[str, Any], lane: str) -> list[str]:
-    """The variants of one lane: "gpu" holds the TF-TRT ones, "cpu" the rest."""
-    return [v for v in settings["variants"] if v.startswith("tftrt:") == (lane == "gpu")]
+    """The variants the backend registry puts on `lane` (its CPU or GPU worker queue)."""
+    from tasks.backends import variants_in_lane
+
+    return variants_in_lane(settings["variants"], lane)
 
 
 @task
@@ -204,9 +209,9 @@ def optimize_model():
     data = prepare_data(settings, exported)
 
     results = {}
-    for lane, queue in (("cpu", None), ("gpu", GPU_QUEUE)):
+    for lane, registry_lane, queue in (("cpu", CPU_LANE, None), ("gpu", GPU_LANE, GPU_QUEUE)):
         extra = {"queue": queue} if queue else {}
-        variants = lane_variants.override(task_id=f"{lane}_variants")(settings, lane)
+        variants = lane_variants.override(task_id=f"{lane}_variants")(settings, registry_lane)
         converted = (
             convert.override(task_id=f"convert_{lane}", **extra)
             .partial(settings=settings, exported=exported, data=data)

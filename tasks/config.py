@@ -7,20 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks import backends as _registry
 from tasks.errors import UserInputError
 
-BACKENDS = ("tf", "tflite", "tftrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+# The variant table lives in the backend registry (tasks.backends); these names are its views.
+BACKENDS = tuple(_registry.ENTRIES)
+PRECISIONS = _registry.PRECISIONS
+KNOWN_VARIANTS = _registry.KNOWN_VARIANTS
 BASELINE = "tf:fp32"
-KNOWN_VARIANTS = (
-    "tf:fp32",
-    "tflite:fp32",
-    "tflite:fp16",
-    "tflite:int8",
-    "tftrt:fp32",
-    "tftrt:fp16",
-    "tftrt:int8",
-)
 DEFAULT_VARIANTS = KNOWN_VARIANTS
 OBJECTIVES = ("latency", "throughput")
 AUTO_METRIC = "auto"

@@ -159,10 +159,17 @@ def current_champion(name: str) -> Any | None:
         return None
 
 
-def _requirements() -> list[str]:
-    wanted = ("tensorflow-cpu", "ai-edge-litert", "numpy")
+def _requirements(backend: str, variant_dir: Path | None = None) -> list[str]:
+    """The served variant's pip requirements (from the backend registry), pinned as installed.
+
+    A variant whose graph was split runs its decoding prefix in TensorFlow, so needs it too.
+    """
+    from tasks.backends import serving_requirements
+    from tasks.backends.graph_split import SPLIT_FILE
+
+    split = variant_dir is not None and (Path(variant_dir) / SPLIT_FILE).is_file()
     pins = []
-    for dist in wanted:
+    for dist in serving_requirements(backend, tensorflow_prefix=split):
         try:
             pins.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -212,7 +219,7 @@ def log_pyfunc(
             code_paths=[str(TASKS_PACKAGE)],
             signature=infer_signature(example, prediction),
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(spec.backend, variant_dir),
         )
     return info.model_uri
 

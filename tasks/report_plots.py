@@ -7,12 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.backends import backend_colour
 from tasks.config import BASELINE
 from tasks.report_table import STAR, MetricInfo, fmt_ms, is_plotted, num
 from tasks.summary import VariantSummary
 
-BACKEND_COLOURS = {"tf": "#4c72b0", "tflite": "#dd8452", "tftrt": "#55a868", "openvino": "#8172b3"}
-OTHER_COLOUR = "#937860"
 IMAGE_CAPTIONS = {
     "latency": "Latency per call at batch 1 (box: p25–p75, whiskers: p1–p99)",
     "accuracy_vs_latency": "The task metric against p50 latency at batch 1, with the Pareto "
@@ -81,7 +80,8 @@ def _empty_plot(fig: Any, message: str) -> None:
 
 
 def colour(variant: str) -> str:
-    return BACKEND_COLOURS.get(variant.split(":")[0], OTHER_COLOUR)
+    """The variant's backend colour, from the backend registry."""
+    return backend_colour(variant)
 
 
 def latency_series(latencies_ms: Mapping[str, Sequence[float]]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,8 +41,35 @@ class UnsplittableGraphError(UserInputError):
 
 
 @dataclass(frozen=True)
+class AccuracyValidation:
+    """tfopt's task metric on a held-out validation slice, for accuracy-aware conversions.
+
+    A quantizer that ranks its choices by accuracy (NNCF's accuracy control) scores subsets of
+    the slice, so the metric takes the indices of the samples to score.
+
+    Attributes:
+        samples: the slice, one `{input_name: ndarray}` batch of 1 per sample, in order.
+        metric: `metric(runner, indices)` is the task metric of `runner` over the samples at
+            `indices` (all of them when None).
+        higher_is_better: False for error metrics (MAE, RMSE).
+        relative: the tolerance is a relative rise of the metric (0.05 = 5% more error), as the
+            accuracy gate judges error metrics, instead of an absolute drop.
+    """
+
+    samples: Sequence[Feeds]
+    metric: Callable[[Runner, Sequence[int] | None], float]
+    higher_is_better: bool = True
+    relative: bool = False
+
+
+@dataclass(frozen=True)
 class ConversionRequest:
-    """What a backend needs to build one variant from the exported SavedModel."""
+    """What a backend needs to build one variant from the exported SavedModel.
+
+    `validation` and `accuracy_tolerance` (max absolute drop of the metric) let a backend keep
+    accuracy-sensitive layers in higher precision; `objective` (`latency` | `throughput`) lets it
+    tune the compiled model for the run's goal. Backends that cannot use them ignore them.
+    """
 
     saved_model_dir: Path
     signature: Signature
@@ -50,6 +77,9 @@ class ConversionRequest:
     output_dir: Path
     calibration_data: CalibrationData
     batch_sizes: tuple[int, ...] = (1,)
+    validation: AccuracyValidation | None = None
+    accuracy_tolerance: float | None = None
+    objective: str = "latency"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.dags
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 HEAVY = ("tensorflow", "keras", "mlflow", "boto3", "botocore", "numpy")
-LIGHT_TASKS_MODULES = {"tasks", "tasks.config", "tasks.errors"}  # plain dataclasses, stdlib only
+# plain dataclasses and the backend registry's table, stdlib only
+LIGHT_TASKS_MODULES = {"tasks", "tasks.config", "tasks.errors", "tasks.backends"}
 
 PARSE_PROBE = """
 import json, runpy, sys, time

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.backends import BACKENDS, BackendUnavailableError, ConversionRequest, get_backend, tftrt
+from tasks.backends import BackendUnavailableError, ConversionRequest, get_backend, tftrt
 from tasks.errors import UserInputError
 from tasks.signature import Signature, TensorInfo
 
@@ -254,16 +254,6 @@ def test_no_tensorrt_reason_text():
         "TensorFlow 2.21 has no TensorRT (TF-TRT was removed after 2.17); run tftrt variants on "
         "a GPU worker with TF 2.17 + TensorRT 8.6 or NVIDIA's TensorFlow container"
     )
-
-
-def test_registry():
-    assert set(BACKENDS) == {"tf", "tflite", "tftrt"}
-    for name, backend in BACKENDS.items():
-        assert backend.name == name
-        assert get_backend(name.upper()) is backend
-    assert get_backend("tf").precisions == ("fp32",)
-    with pytest.raises(UserInputError, match="unknown backend"):
-        get_backend("onnx")
 
 
 def test_importing_the_backends_is_cheap():
