@@ -118,7 +118,8 @@ def target_figures(bench: dict[str, Any]) -> list[Figure]:
             "x",
             "within 10%",
             lambda v: abs(v - 1) <= 0.10,
-            "worst tflite variant; harness and tool back to back, median of rounds",
+            "worst tflite variant; harness and tool interleaved, order swapped per round, "
+            "median of the round ratios",
         ),
         _check(
             f"repeatability p50 ({chosen})",

@@ -43,7 +43,7 @@ from bench.orchestration import (
     run_dag,
     run_logged,
 )
-from tasks import storage
+from tasks import contention, storage
 from tasks.hardware import describe_hardware, isa_label, isa_tier
 
 logger = logging.getLogger("bench")
@@ -52,7 +52,7 @@ DEFAULT_DEMO_URI = "s3://{bucket}/bench/demo"
 DEFAULT_MODEL_NAME = "tfopt-bench"
 DAG_FILE = REPO / "dags" / "optimize_model.py"
 MODEL_FILE = "model.tflite"
-HARNESS_ROUNDS = 3
+HARNESS_ROUNDS = 4
 REALSIZE_MODELS = ("mobilenet_v2", "resnet50")
 REALSIZE_TIMEOUT_S = 40 * 60
 ORCHESTRATION_MODEL = "mobilenet_v2"
@@ -124,22 +124,36 @@ def fetch_file(uri: str, dest: Path) -> Path:
     return Path(storage.fetch_tree(uri, dest))
 
 
-def _harness_round(model_dir: Path, export_dir: Path, eval_uri: str, threads: int) -> dict:
-    """tfopt's harness, then LiteRT's tool on the same file; each in a fresh process."""
-    harness = run_json_module(
-        "bench.harness",
-        "tflite",
-        str(model_dir),
-        str(export_dir),
-        eval_uri,
-        "--threads",
-        str(threads),
-    )
-    tool = run_tool(model_dir / MODEL_FILE, threads)
+def _harness_round(
+    model_dir: Path, export_dir: Path, eval_uri: str, threads: int, tool_first: bool
+) -> dict:
+    """tfopt's harness and LiteRT's tool on the same file, each in a fresh process, in the
+    order given; the round's CPU contention recorded."""
+
+    def harness() -> dict[str, Any]:
+        return run_json_module(
+            "bench.harness",
+            "tflite",
+            str(model_dir),
+            str(export_dir),
+            eval_uri,
+            "--threads",
+            str(threads),
+        )
+
+    before = contention.sample()
+    if tool_first:
+        tool = run_tool(model_dir / MODEL_FILE, threads)
+        measured = harness()
+    else:
+        measured = harness()
+        tool = run_tool(model_dir / MODEL_FILE, threads)
     return {
-        "harness_p50_ms": harness["p50_ms"],
+        "harness_p50_ms": measured["p50_ms"],
         "tool_p50_ms": tool["p50_ms"],
-        "ratio": harness["p50_ms"] / tool["p50_ms"],
+        "ratio": measured["p50_ms"] / tool["p50_ms"],
+        "tool_first": tool_first,
+        "contention": contention.between(before, contention.sample()).to_dict(),
         "tool": tool,
     }
 
@@ -147,9 +161,10 @@ def _harness_round(model_dir: Path, export_dir: Path, eval_uri: str, threads: in
 def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]:
     """Per measured tflite variant: tfopt's harness vs LiteRT's tool, `HARNESS_ROUNDS` rounds.
 
-    The rounds alternate harness and tool, so machine drift between them (this VM's 2-thread
-    speed changes for tens of seconds at a time) hits both; the figure is the median ratio. The
-    pipeline's own p50 (measured minutes earlier) against the tool is reported beside it.
+    The rounds interleave harness and tool, the order swapped every round, so machine drift
+    between them (this VM's 2-thread speed changes for tens of seconds at a time) hits both; the
+    figure is the median of the per-round ratios, with their min and max. The pipeline's own p50
+    (measured minutes earlier) against the tool is reported beside it.
     """
     export_dir = fetch_file(f"{run['root_uri']}/export", work / "export")
     eval_uri = run["config"]["eval_data_uri"]
@@ -159,7 +174,8 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
             continue
         local = fetch_file(row["model_uri"], work / row["variant"].replace(":", "-"))
         rounds = [
-            _harness_round(local, export_dir, eval_uri, threads) for _ in range(HARNESS_ROUNDS)
+            _harness_round(local, export_dir, eval_uri, threads, tool_first=bool(i % 2))
+            for i in range(HARNESS_ROUNDS)
         ]
         tools = [r["tool_p50_ms"] for r in rounds]
         tool_p50 = statistics.median(tools)
@@ -167,6 +183,7 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
             {
                 "variant": row["variant"],
                 "ratio": statistics.median(r["ratio"] for r in rounds),
+                "ratio_range": [min(r["ratio"] for r in rounds), max(r["ratio"] for r in rounds)],
                 "harness_p50_ms": statistics.median(r["harness_p50_ms"] for r in rounds),
                 "tool_p50_ms": tool_p50,
                 "tool_spread": (max(tools) - min(tools)) / tool_p50,
