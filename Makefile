@@ -47,6 +47,6 @@ format: install  ## apply ruff's formatting and safe fixes
 	@.venv/bin/ruff check --fix .
 	@.venv/bin/ruff format .
 
-bench: install  ## measure the demo model on this machine: speed-ups, accuracy, costs -> bench/out/
+bench: install  ## measure the demo and real-size networks (MobileNetV2, ResNet50) beside peers -> bench/out/
 	@$(STACK) up
 	@source "$(STACK_ENV)" && .venv/bin/python -m bench.run $(BENCH_ARGS)

@@ -118,7 +118,8 @@ def target_figures(bench: dict[str, Any]) -> list[Figure]:
             "x",
             "within 10%",
             lambda v: abs(v - 1) <= 0.10,
-            "worst tflite variant; harness and tool back to back, median of rounds",
+            "worst tflite variant; harness and tool interleaved, order swapped per round, "
+            "median of the round ratios",
         ),
         _check(
             f"repeatability p50 ({chosen})",
@@ -137,6 +138,25 @@ def target_figures(bench: dict[str, Any]) -> list[Figure]:
             f"stages = {cost['dag'].get('stage_source', '?')}",
         ),
         _check("DAG parse", cost["dag_parse"]["best_s"], "s", "<= 0.3 s", lambda v: v <= 0.3),
+        *realsize_figures(bench.get("realsize") or []),
+        *_realsize_overhead(bench.get("realsize_orchestration")),
+    ]
+
+
+def _realsize_overhead(orchestration: dict[str, Any] | None) -> list[Figure]:
+    if not orchestration:
+        return []
+    dag = orchestration["dag"]
+    return [
+        _check(
+            f"orchestration overhead (DAG, {orchestration['model']})",
+            _pct(dag["overhead_share"]),
+            "% wall",
+            "<= 10%",
+            lambda v: v <= 10,
+            f"CLI {_pct(orchestration['cli']['overhead_share']) or 0:.1f}%; "
+            f"stages = {dag.get('stage_source', '?')}",
+        )
     ]
 
 
@@ -175,3 +195,88 @@ def cost_figures(run: dict[str, Any]) -> dict[str, Any]:
         "stages": run["stages"],
         "log": run["log"],
     }
+
+
+COMPUTE_BOUND = "resnet50"
+"""The bench network whose efficiency is held to a target (the compute-bound one)."""
+FP32_PEAK_PRECISIONS = ("fp32", "fp16")
+"""Precisions judged against the FP32 peak: LiteRT's fp16 keeps FP16 weights, computes FP32."""
+
+
+def efficiency(network: dict[str, Any], fp32_peak: float, gemm: dict[str, Any] | None) -> dict:
+    """Per tfopt variant of a real-size network: GFLOP/s at batch 1 and the share of its peak.
+
+    FP32 (and LiteRT fp16) against the FP32 matmul peak, INT8 against the INT8 GEMM peak, both
+    measured in the run; BF16 has no measured peak and gets none.
+    """
+    int8_peak = (gemm or {}).get("int8_peak_gops")
+    by_variant = {}
+    for name, row in network["rows"].items():
+        if row.get("kind") != "tfopt" or "latency" not in row:
+            continue
+        precision = name.split(":")[-1]
+        rate = network["flops"] / row["latency"]["p50_ms"] / 1e6
+        peak = fp32_peak if precision in FP32_PEAK_PRECISIONS else None
+        peak = int8_peak if precision == "int8" else peak
+        by_variant[name] = {"gflops": rate, "peak": peak, "share": _ratio(rate, peak)}
+    return {
+        "fp32_peak_gflops": fp32_peak,
+        "int8_peak_gops": int8_peak,
+        "by_variant": by_variant,
+        "best_fp32": _best_share(by_variant, FP32_PEAK_PRECISIONS),
+        "best_int8": _best_share(by_variant, ("int8",)),
+    }
+
+
+def _best_share(by_variant: dict[str, dict], precisions: tuple[str, ...]) -> dict | None:
+    found = {
+        name: value
+        for name, value in by_variant.items()
+        if name.split(":")[-1] in precisions and value["share"] is not None
+    }
+    if not found:
+        return None
+    name = max(found, key=lambda n: found[n]["share"])
+    return {"variant": name, **found[name]}
+
+
+def realsize_figures(networks: list[dict[str, Any]]) -> list[Figure]:
+    """Per network tfopt's choice vs the best peer; FP32 and INT8 efficiency of the
+    compute-bound one."""
+    out = []
+    for net in networks:
+        note = f"{net.get('chosen')} vs {net.get('best_peer')}; gate: {net['gate']}"
+        out.append(
+            _check(
+                f"{net['model']}: tfopt / best peer",
+                net.get("speed_vs_best_peer"),
+                "x",
+                ">= 1.0x",
+                lambda v: v >= 1.0,
+                note,
+            )
+        )
+        if net["model"] != COMPUTE_BOUND:
+            continue
+        fp32, int8 = net["efficiency"]["best_fp32"], net["efficiency"]["best_int8"]
+        out.append(
+            _check(
+                f"{net['model']}: FP32 efficiency",
+                _pct(fp32 and fp32["share"]),
+                "% peak",
+                ">= 50%",
+                lambda v: v >= 50,
+                f"{fp32['variant']} vs the FP32 matmul peak" if fp32 else "",
+            )
+        )
+        out.append(
+            Figure(
+                f"{net['model']}: INT8 efficiency",
+                _pct(int8 and int8["share"]),
+                "% peak",
+                "no target",
+                None,
+                f"{int8['variant']} vs the INT8 GEMM peak" if int8 else "",
+            )
+        )
+    return out

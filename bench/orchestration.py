@@ -91,6 +91,8 @@ def run_cli(params: dict[str, Any], log_path: Path) -> dict[str, Any]:
         cmd += [f"--{key.replace('_', '-')}", str(params[key])]
     cmd += ["--batch-sizes", ",".join(map(str, params["batch_sizes"]))]
     cmd += ["--num-threads", str(params["num_threads"])]
+    if params.get("metric"):
+        cmd += ["--metric", str(params["metric"])]
     stdout, wall = run_logged(cmd, log_path)
     log_path.with_suffix(".json").write_text(stdout)
     results = json.loads(stdout)

@@ -82,6 +82,71 @@ def variants_table(bench: dict[str, Any]) -> str:
     return _table(_VARIANT_HEADER, rows)
 
 
+_PEER_HEADER = [
+    "variant", "status", "p50 ms", "round IQR", "min-max of rounds", "rounds", "cosine", "agree",
+    "max err", "gate", "GFLOP/s", "% peak", "conv s",
+]  # fmt: skip
+
+
+def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str]:
+    lat, fid = row.get("latency") or {}, row.get("fidelity") or {}
+    spread = lat.get("round_p50_range_ms") or []
+    gate = "-" if "passed" not in row else ("pass" if row["passed"] else "FAIL")
+    return [
+        name,
+        row["status"] if row["status"] == "OK" else f"{row['status']}: {row.get('reason', '')}",
+        _ms(lat.get("p50_ms")),
+        _fmt(lat.get("round_p50_iqr_ms"), ".3f"),
+        "-" if not spread else f"{_ms(spread[0])}-{_ms(spread[1])}",
+        _fmt(lat.get("rounds_kept"), "d"),
+        _fmt(fid.get("cosine"), ".4f"),
+        _fmt(fid.get("agreement"), ".2f"),
+        _fmt(fid.get("max_abs_error"), ".3g"),
+        gate,
+        _fmt((eff.get(name) or {}).get("gflops"), ".1f"),
+        _fmt(_pct((eff.get(name) or {}).get("share")), ".1f"),
+        _fmt(row.get("conversion_s"), ".1f"),
+    ]
+
+
+def peers_table(network: dict[str, Any]) -> str:
+    """One real-size network: tfopt's variants, then the peers, all measured in one run."""
+    eff = network["efficiency"]["by_variant"]
+    rows = network["rows"]
+    order = [n for n in rows if rows[n]["kind"] == "tfopt"]
+    order += [n for n in rows if rows[n]["kind"] == "peer"]
+    body = [_peer_cells(name, rows[name], eff) for name in order]
+    rounds = network["rounds"]
+    ratio = network.get("speed_vs_best_peer")
+    title = (
+        f"{network['model']} {network['image_size']} px, {network['params'] / 1e6:.1f} M "
+        f"parameters, {network['flops'] / 1e9:.2f} GFLOP/image, {network['threads']} threads; "
+        f"{rounds['rounds']} rounds ({rounds['spoiled']} spoiled, {len(rounds['kept'])} kept); "
+        f"gate {network['gate']}\n"
+        f"tfopt's choice {network.get('chosen')} {_ms(network.get('chosen_p50_ms'))} ms vs best "
+        f"peer {network.get('best_peer')} {_ms(network.get('best_peer_p50_ms'))} ms: "
+        f"{_fmt(ratio, '.2f', 'x')}"
+    )
+    return title + "\n" + _table(_PEER_HEADER, body)
+
+
+def realsize_cost_table(orchestration: dict[str, Any]) -> str:
+    """Wall time vs the stages' own time of the pipeline on the real-size network."""
+    rows = []
+    for label, run in (("tfopt optimize (CLI)", "cli"), ("airflow dags test", "dag")):
+        cost = orchestration[run]
+        rows.append(
+            [
+                f"{orchestration['model']}: {label}",
+                _fmt(cost["wall_s"], ".1f"),
+                _fmt(cost["stage_sum_s"], ".1f"),
+                _fmt(cost["overhead_s"], ".1f"),
+                _fmt(_pct(cost["overhead_share"]), ".1f", "%"),
+            ]
+        )
+    return _table(["pipeline run", "wall s", "stages s", "overhead s", "overhead"], rows)
+
+
 def conversion_line(costs: list[dict[str, Any]]) -> str:
     """Conversion seconds per variant (converter only, and the whole convert stage)."""
     parts = []
@@ -102,6 +167,7 @@ def targets_table(figures: list[Figure]) -> str:
     rows = []
     for f in figures:
         verdict = "n/a" if f.passed is None else ("PASS" if f.passed else "MISS")
+        verdict = "-" if f.target == "no target" else verdict
         value = _fmt(f.value, ".3f" if f.unit in ("x", "s") else ".2f")
         rows.append([f.name, f"{value} {f.unit}", f.target, verdict, f.note])
     return _table(["figure", "value", "target", "result", "note"], rows)

@@ -8,7 +8,12 @@ One run measures, on this machine: the speed-ups, top-1 and size of every varian
 (`tfopt optimize`), the model's FLOPs against a matmul peak measured here, tfopt's harness vs
 LiteRT's own benchmark tool, the same variants re-measured by a second run
 (`airflow dags test optimize_model`), the pipeline's orchestration overhead and the DAG file's
-parse time. Prints the tables; writes bench/out/bench.json and bench/out/bench.png.
+parse time. Then, per real-size network (MobileNetV2 1.0 and ResNet50 at 224 px, `bench.peers`),
+every tfopt variant beside the peers a user builds by hand, measured in the same interleaved
+rounds, and the compute-bound network's FP32 and INT8 efficiency against FP32 and INT8 GEMM
+peaks measured in the run (`bench.peak`, `bench.int8_peak`). Prints the tables; writes
+bench/out/bench.json and bench/out/bench.png. `--quick` measures the real-size networks with
+fewer images and rounds (a CI-size check).
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ from bench.orchestration import (
     run_dag,
     run_logged,
 )
-from tasks import storage
-from tasks.hardware import describe_hardware
+from tasks import contention, storage
+from tasks.hardware import describe_hardware, isa_label, isa_tier
 
 logger = logging.getLogger("bench")
 
@@ -47,7 +52,12 @@ DEFAULT_DEMO_URI = "s3://{bucket}/bench/demo"
 DEFAULT_MODEL_NAME = "tfopt-bench"
 DAG_FILE = REPO / "dags" / "optimize_model.py"
 MODEL_FILE = "model.tflite"
-HARNESS_ROUNDS = 3
+HARNESS_ROUNDS = 4
+REALSIZE_MODELS = ("mobilenet_v2", "resnet50")
+REALSIZE_TIMEOUT_S = 40 * 60
+ORCHESTRATION_MODEL = "mobilenet_v2"
+"""The real-size network the pipeline runs end to end, by the CLI and by Airflow, for its
+orchestration overhead (skipped with --quick)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--registered-model-name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
     p.add_argument("--out-dir", type=Path, default=REPO / "bench" / "out")
+    p.add_argument(
+        "--models",
+        default=",".join(REALSIZE_MODELS),
+        help=f"real-size networks, comma-separated (default {','.join(REALSIZE_MODELS)}; '' none)",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer images and rounds per network")
     return p.parse_args(argv)
 
 
@@ -84,16 +100,20 @@ def ensure_demo(demo_uri: str, retrain: bool, log_path: Path) -> dict[str, Any]:
     }
 
 
-def run_json_module(module: str, *args: str) -> dict[str, Any]:
+def run_json_module(
+    module: str, *args: str, timeout: float = 900, log_path: Path | None = None
+) -> dict[str, Any]:
     """Run `python -m <module> <args>` in a fresh process; its last stdout line as JSON."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=child_env(),
-        timeout=900,
+        timeout=timeout,
         cwd=REPO,
     )
+    if log_path is not None:
+        log_path.write_text(proc.stderr)
     if proc.returncode != 0:
         raise BenchError(f"python -m {module} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -104,22 +124,36 @@ def fetch_file(uri: str, dest: Path) -> Path:
     return Path(storage.fetch_tree(uri, dest))
 
 
-def _harness_round(model_dir: Path, export_dir: Path, eval_uri: str, threads: int) -> dict:
-    """tfopt's harness, then LiteRT's tool on the same file; each in a fresh process."""
-    harness = run_json_module(
-        "bench.harness",
-        "tflite",
-        str(model_dir),
-        str(export_dir),
-        eval_uri,
-        "--threads",
-        str(threads),
-    )
-    tool = run_tool(model_dir / MODEL_FILE, threads)
+def _harness_round(
+    model_dir: Path, export_dir: Path, eval_uri: str, threads: int, tool_first: bool
+) -> dict:
+    """tfopt's harness and LiteRT's tool on the same file, each in a fresh process, in the
+    order given; the round's CPU contention recorded."""
+
+    def harness() -> dict[str, Any]:
+        return run_json_module(
+            "bench.harness",
+            "tflite",
+            str(model_dir),
+            str(export_dir),
+            eval_uri,
+            "--threads",
+            str(threads),
+        )
+
+    before = contention.sample()
+    if tool_first:
+        tool = run_tool(model_dir / MODEL_FILE, threads)
+        measured = harness()
+    else:
+        measured = harness()
+        tool = run_tool(model_dir / MODEL_FILE, threads)
     return {
-        "harness_p50_ms": harness["p50_ms"],
+        "harness_p50_ms": measured["p50_ms"],
         "tool_p50_ms": tool["p50_ms"],
-        "ratio": harness["p50_ms"] / tool["p50_ms"],
+        "ratio": measured["p50_ms"] / tool["p50_ms"],
+        "tool_first": tool_first,
+        "contention": contention.between(before, contention.sample()).to_dict(),
         "tool": tool,
     }
 
@@ -127,9 +161,10 @@ def _harness_round(model_dir: Path, export_dir: Path, eval_uri: str, threads: in
 def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]:
     """Per measured tflite variant: tfopt's harness vs LiteRT's tool, `HARNESS_ROUNDS` rounds.
 
-    The rounds alternate harness and tool, so machine drift between them (this VM's 2-thread
-    speed changes for tens of seconds at a time) hits both; the figure is the median ratio. The
-    pipeline's own p50 (measured minutes earlier) against the tool is reported beside it.
+    The rounds interleave harness and tool, the order swapped every round, so machine drift
+    between them (this VM's 2-thread speed changes for tens of seconds at a time) hits both; the
+    figure is the median of the per-round ratios, with their min and max. The pipeline's own p50
+    (measured minutes earlier) against the tool is reported beside it.
     """
     export_dir = fetch_file(f"{run['root_uri']}/export", work / "export")
     eval_uri = run["config"]["eval_data_uri"]
@@ -139,7 +174,8 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
             continue
         local = fetch_file(row["model_uri"], work / row["variant"].replace(":", "-"))
         rounds = [
-            _harness_round(local, export_dir, eval_uri, threads) for _ in range(HARNESS_ROUNDS)
+            _harness_round(local, export_dir, eval_uri, threads, tool_first=bool(i % 2))
+            for i in range(HARNESS_ROUNDS)
         ]
         tools = [r["tool_p50_ms"] for r in rounds]
         tool_p50 = statistics.median(tools)
@@ -147,6 +183,7 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
             {
                 "variant": row["variant"],
                 "ratio": statistics.median(r["ratio"] for r in rounds),
+                "ratio_range": [min(r["ratio"] for r in rounds), max(r["ratio"] for r in rounds)],
                 "harness_p50_ms": statistics.median(r["harness_p50_ms"] for r in rounds),
                 "tool_p50_ms": tool_p50,
                 "tool_spread": (max(tools) - min(tools)) / tool_p50,
@@ -227,6 +264,7 @@ def measure(args: argparse.Namespace, load: LoadLog) -> dict[str, Any]:
         parse = dag_parse_seconds(DAG_FILE)
     with load.phase("peak matmul (after)"):
         peak_after = run_json_module("bench.peak", "--threads", str(args.threads))
+    realsize = measure_realsize(args, load)
     return {
         "demo": demo,
         "params": params,
@@ -236,6 +274,64 @@ def measure(args: argparse.Namespace, load: LoadLog) -> dict[str, Any]:
         "tool": tool,
         "flops": flops,
         "parse": parse,
+        **realsize,
+    }
+
+
+def measure_realsize(args: argparse.Namespace, load: LoadLog) -> dict[str, Any]:
+    """The GEMM peaks, then each real-size network with its peers, each in a fresh process."""
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        return {"gemm_peak": None, "realsize": [], "realsize_orchestration": None}
+    with load.phase("INT8/FP32 GEMM peaks (LiteRT)"):
+        gemm = run_json_module("bench.int8_peak", "--threads", str(args.threads))
+    results = []
+    for model in models:
+        extra = ["--quick"] if args.quick else []
+        with load.phase(f"{model}: tfopt variants and peers"):
+            results.append(
+                run_json_module(
+                    "bench.peers",
+                    model,
+                    "--threads",
+                    str(args.threads),
+                    *extra,
+                    timeout=REALSIZE_TIMEOUT_S,
+                    log_path=args.out_dir / f"peers-{model}.log",
+                )
+            )
+    orchestration = None
+    if not args.quick and ORCHESTRATION_MODEL in models:
+        orchestration = orchestration_on_realsize(args, load)
+    return {"gemm_peak": gemm, "realsize": results, "realsize_orchestration": orchestration}
+
+
+def orchestration_on_realsize(args: argparse.Namespace, load: LoadLog) -> dict[str, Any]:
+    """`tfopt optimize` and `airflow dags test` on the real-size network, judged by fidelity."""
+    root = args.demo_uri.rsplit("/", 1)[0] + f"/{ORCHESTRATION_MODEL}"
+    with load.phase(f"{ORCHESTRATION_MODEL}: publish"):
+        published = run_json_module(
+            "bench.realsize_publish", ORCHESTRATION_MODEL, "--output-uri", root, "--if-missing"
+        )
+    params = {
+        **{k: published[k] for k in ("model_uri", "eval_data_uri", "calibration_data_uri")},
+        "registered_model_name": f"{args.registered_model_name}-{ORCHESTRATION_MODEL}",
+        "batch_sizes": [1],
+        "num_threads": args.threads,
+        "metric": "fidelity",
+    }
+    out = args.out_dir
+    with load.phase(f"{ORCHESTRATION_MODEL}: tfopt optimize (CLI)"):
+        cli = run_cli(params, out / f"cli-{ORCHESTRATION_MODEL}.log")
+    with load.phase(f"{ORCHESTRATION_MODEL}: airflow dags test"):
+        dag = run_dag(params, out / f"dag-{ORCHESTRATION_MODEL}.log", private_airflow_db())
+    return {
+        "model": ORCHESTRATION_MODEL,
+        "params": params,
+        "cli": figures.cost_figures(cli),
+        "dag": figures.cost_figures(dag),
+        "selected": cli["results"]["selection"]["chosen"],
+        "selected_by_dag_run": dag["results"]["chosen"],
     }
 
 
@@ -265,6 +361,11 @@ def assemble(m: dict[str, Any], load: LoadLog, started: float) -> dict[str, Any]
             "cli": {k: m["cli"]["results"][k] for k in ("run_id", "root_uri")},
             "dag": {k: m["dag"]["results"][k] for k in ("run_id", "root_uri")},
         },
+        "gemm_peak": m["gemm_peak"],
+        "realsize_orchestration": m["realsize_orchestration"],
+        "realsize": [
+            {**r, "efficiency": figures.efficiency(r, peak, m["gemm_peak"])} for r in m["realsize"]
+        ],
         "load": {"summary": load.summary(), "phases": load.phases},
         "bench_wall_s": round(time.perf_counter() - started, 1),
     }
@@ -275,10 +376,12 @@ def assemble(m: dict[str, Any], load: LoadLog, started: float) -> dict[str, Any]
 def print_report(bench: dict[str, Any], json_path: Path, png_path: Path) -> None:
     """The output layer: the tables and where the files are."""
     machine = bench["machine"]
+    libraries = machine["libraries"]
     print(
         f"\nmachine: {machine['cpu_model']}, {machine['usable_cores']} cores "
-        f"({', '.join(machine['cpu_flags'])}), {machine['memory_gib']} GiB; "
-        f"TF {machine['libraries']['tensorflow']}, LiteRT {machine['libraries']['ai-edge-litert']}"
+        f"({isa_label(machine)}; tier {isa_tier(machine)}), {machine['memory_gib']} GiB; "
+        f"TF {libraries['tensorflow']}, LiteRT {libraries['ai-edge-litert']}, "
+        f"OpenVINO {libraries.get('openvino')}, NNCF {libraries.get('nncf')}"
     )
     print(f"load:    {bench['load']['summary']}")
     print(
@@ -290,6 +393,13 @@ def print_report(bench: dict[str, Any], json_path: Path, png_path: Path) -> None
     print(render.conversion_line(bench["conversion"]))
     print()
     print(render.cost_table(bench["pipeline_cost"]))
+    print()
+    for network in bench["realsize"]:
+        print()
+        print(render.peers_table(network))
+    if bench["realsize_orchestration"]:
+        print()
+        print(render.realsize_cost_table(bench["realsize_orchestration"]))
     print()
     print(render.targets_table([figures.Figure(**t) for t in bench["targets"]]))
     print(f"\nJSON: {json_path}\nplot: {png_path}\ntook: {bench['bench_wall_s']:.0f} s")

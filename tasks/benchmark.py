@@ -1,4 +1,4 @@
-"""Latency/throughput harness: warm-up, stable measurement windows, percentiles, batch sizes."""
+"""Latency/throughput harness: warm-up, stable windows or interleaved rounds, percentiles."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks import contention
 from tasks.backends.base import Feeds, Runner
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,14 @@ class BenchmarkSettings:
     their mean (after at least `min_windows`), or `max_windows` / `max_seconds` is reached.
     `max_seconds` bounds the whole (variant, batch size), warm-up included. Empty
     `batch_sizes` means every batch size the caller has feeds for.
+
+    `benchmark_interleaved` measures in `rounds` instead: each round gives every (runner, batch
+    size) `window_iterations` calls or `round_seconds`, whichever comes first (at least
+    `min_round_iterations`). A round is spoiled when the hypervisor's steal exceeds
+    `max_steal_share` of the CPU time, other processes take more than `max_other_share` of the
+    CPUs, or the 1-minute load average per CPU exceeds `max_load_per_cpu`; spoiled rounds are
+    left out when at least `min_clean_rounds` clean ones remain. The rounds stop early once
+    `max_seconds` per (runner, batch size) has been spent in all.
     """
 
     warmup_iterations: int = 50
@@ -48,6 +57,13 @@ class BenchmarkSettings:
     max_seconds: float = 60.0
     batch_sizes: tuple[int, ...] = ()
     max_raw_latencies: int = 2000
+    rounds: int = 7
+    round_seconds: float = 1.0
+    min_round_iterations: int = 5
+    min_clean_rounds: int = 3
+    max_steal_share: float = 0.05
+    max_other_share: float = 0.25
+    max_load_per_cpu: float = 1.5
 
     def __post_init__(self) -> None:
         if self.window_iterations < 1 or self.stability_windows < 1:
@@ -56,6 +72,10 @@ class BenchmarkSettings:
             raise ValueError("need stability_windows <= min_windows <= max_windows")
         if self.max_seconds <= 0 or self.stability_tolerance <= 0:
             raise ValueError("max_seconds and stability_tolerance must be > 0")
+        if self.rounds < 1 or not 1 <= self.min_clean_rounds <= self.rounds:
+            raise ValueError("need rounds >= 1 and 1 <= min_clean_rounds <= rounds")
+        if self.round_seconds <= 0 or self.min_round_iterations < 1:
+            raise ValueError("round_seconds must be > 0 and min_round_iterations >= 1")
         if any(size < 1 for size in self.batch_sizes):
             raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
 
@@ -83,6 +103,10 @@ class LatencyReport:
     distinct_feeds: int
     window_p50_ms: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    rounds_kept: int = 0
+    rounds_spoiled: int = 0
+    round_p50_iqr_ms: float | None = None
+    round_p50_range_ms: list[float] = field(default_factory=list)
 
     def to_dict(self, include_latencies: bool = True) -> dict[str, Any]:
         """JSON-safe dict; drop the raw latencies to keep it XCom-sized."""
@@ -97,6 +121,7 @@ class LatencyReport:
         values = {key: value for key, value in data.items() if key in known}
         values["window_p50_ms"] = list(values.get("window_p50_ms", []))
         values["latencies_ms"] = list(values.get("latencies_ms", []))
+        values["round_p50_range_ms"] = list(values.get("round_p50_range_ms", []))
         return cls(**values)
 
 
@@ -156,10 +181,7 @@ def benchmark_variant(
     Raises:
         ValueError: a batch size in `settings.batch_sizes` has no feeds.
     """
-    sizes = sorted(settings.batch_sizes or feeds_by_batch)
-    missing = [size for size in sizes if size not in feeds_by_batch]
-    if missing:
-        raise ValueError(f"no feeds for batch size(s) {missing}; have {sorted(feeds_by_batch)}")
+    sizes = _batch_sizes(feeds_by_batch, settings)
     reports: dict[int, LatencyReport] = {}
     for size in sizes:
         try:
@@ -181,6 +203,249 @@ def benchmark_variant(
         if progress is not None:
             progress(size, report)
     return reports
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One interleaved round: the order runners ran in, the contention seen, the verdict."""
+
+    index: int
+    order: tuple[str, ...]
+    contention: contention.Contention
+    spoiled_by: str = ""
+    """Empty for a clean round, else what spoiled it (`steal 7.1% > 5.0%`, ...)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "order": list(self.order),
+            **self.contention.to_dict(),
+            "spoiled_by": self.spoiled_by,
+        }
+
+
+@dataclass
+class InterleavedBenchmark:
+    """Per runner and batch size a `LatencyReport`; the rounds and which of them were kept."""
+
+    reports: dict[str, dict[int, LatencyReport]]
+    rounds: list[RoundRecord]
+    kept: list[int]
+    stop_reason: str
+
+    def summary(self) -> dict[str, Any]:
+        """The rounds, JSON-safe: count, kept indices, each round's contention and verdict."""
+        return {
+            "rounds": len(self.rounds),
+            "kept": list(self.kept),
+            "spoiled": sum(1 for r in self.rounds if r.spoiled_by),
+            "stop_reason": self.stop_reason,
+            "each": [r.to_dict() for r in self.rounds],
+        }
+
+
+def benchmark_interleaved(
+    runners: Mapping[str, Runner],
+    feeds_by_batch: Mapping[int, FeedSource],
+    settings: BenchmarkSettings,
+) -> InterleavedBenchmark:
+    """Measure several runners in interleaved rounds, so machine drift hits them all alike.
+
+    Every runner is warmed up first. Then each round runs every runner's calls at each batch
+    size in turn, the runners' order rotated by one per round. A runner's p50 is the median of
+    its per-round medians over the kept rounds (spoiled rounds are left out when enough clean
+    ones remain, see `BenchmarkSettings`); the spread of those medians (IQR, min and max) and
+    the counts of kept and spoiled rounds go in its report.
+
+    Args:
+        runners: name -> loaded runner (variants and, e.g., the current champion).
+        feeds_by_batch: batch size -> its feeds (see `measure`), shared by every runner.
+        settings: warm-up, round and contention rules; `settings.batch_sizes` picks the sizes.
+
+    Returns:
+        The reports (`result.reports[name][batch_size]`) and the rounds.
+
+    Raises:
+        ValueError: no runners, or a batch size in `settings.batch_sizes` has no feeds.
+    """
+    if not runners:
+        raise ValueError("benchmark_interleaved needs at least one runner")
+    sizes = _batch_sizes(feeds_by_batch, settings)
+    batches = {size: _materialise(feeds_by_batch[size], size) for size in sizes}
+    keys = [(name, size) for name in runners for size in sizes]
+    with _collector_paused():
+        warmups = {
+            (name, size): _warm_up(runners[name], batches[size], settings, _far_deadline())
+            for name, size in keys
+        }
+        per_round, rounds, stop_reason = _run_rounds(runners, batches, warmups, settings)
+    kept = choose_rounds(rounds, settings.min_clean_rounds)
+    spoiled = sum(1 for r in rounds if r.spoiled_by)
+    kept_clean = not any(rounds[i].spoiled_by for i in kept)
+    reports: dict[str, dict[int, LatencyReport]] = {name: {} for name in runners}
+    for name, size in keys:
+        reports[name][size] = _summarise_rounds(
+            [per_round[(name, size)][i] for i in kept],
+            batch_size=size,
+            stop_reason=stop_reason,
+            warmup_calls=warmups[(name, size)],
+            distinct_feeds=len(batches[size]),
+            spoiled=spoiled,
+            kept_clean=kept_clean,
+            settings=settings,
+        )
+    for name in runners:
+        logger.info(
+            "%s: p50 b%d %.3f ms (rounds IQR %.3f ms, %d kept, %d spoiled)",
+            name,
+            sizes[0],
+            reports[name][sizes[0]].p50_ms,
+            reports[name][sizes[0]].round_p50_iqr_ms or 0.0,
+            len(kept),
+            spoiled,
+        )
+    return InterleavedBenchmark(reports, rounds, kept, stop_reason)
+
+
+def spoiled_by(seen: contention.Contention, settings: BenchmarkSettings) -> str:
+    """Why a round with this contention is spoiled ("" when it is clean)."""
+    reasons = []
+    if seen.steal_share > settings.max_steal_share:
+        reasons.append(f"steal {seen.steal_share:.1%} > {settings.max_steal_share:.1%}")
+    if seen.other_share > settings.max_other_share:
+        reasons.append(
+            f"other processes {seen.other_share:.0%} of the CPUs > {settings.max_other_share:.0%}"
+        )
+    if seen.load1_per_cpu > settings.max_load_per_cpu:
+        reasons.append(f"load/CPU {seen.load1_per_cpu:.2f} > {settings.max_load_per_cpu:.2f}")
+    return "; ".join(reasons)
+
+
+def choose_rounds(rounds: list[RoundRecord], min_clean: int) -> list[int]:
+    """Indices of the rounds to keep: the clean ones when at least `min_clean`, else all."""
+    clean = [r.index for r in rounds if not r.spoiled_by]
+    if len(clean) >= min_clean:
+        return clean
+    if rounds:
+        logger.warning(
+            "only %d of %d rounds were clean (< %d): keeping every round; the figures carry "
+            "the machine's contention",
+            len(clean),
+            len(rounds),
+            min_clean,
+        )
+    return [r.index for r in rounds]
+
+
+def _far_deadline() -> int:
+    return _clock() + 10**15
+
+
+def _run_rounds(
+    runners: Mapping[str, Runner],
+    batches: dict[int, list[Feeds]],
+    next_index: dict[tuple[str, int], int],
+    settings: BenchmarkSettings,
+) -> tuple[dict[tuple[str, int], list[list[int]]], list[RoundRecord], str]:
+    """The timed rounds; per (runner, size) one list of call ns per round."""
+    names = list(runners)
+    index = dict(next_index)
+    per_round: dict[tuple[str, int], list[list[int]]] = {key: [] for key in index}
+    budget = int(settings.max_seconds * 1e9) * len(index)
+    began = _clock()
+    rounds: list[RoundRecord] = []
+    stop_reason = "rounds"
+    for number in range(settings.rounds):
+        shift = number % len(names)
+        order = tuple(names[shift:] + names[:shift])
+        before = contention.sample()
+        for name in order:
+            for size, feeds in batches.items():
+                calls = _round_calls(runners[name], feeds, index[(name, size)], settings)
+                index[(name, size)] += len(calls)
+                per_round[(name, size)].append(calls)
+        seen = contention.between(before, contention.sample())
+        rounds.append(RoundRecord(number, order, seen, spoiled_by(seen, settings)))
+        if _clock() - began >= budget and number + 1 < settings.rounds:
+            stop_reason = "time_bound"
+            break
+    return per_round, rounds, stop_reason
+
+
+def _round_calls(
+    runner: Runner, batches: list[Feeds], start_index: int, settings: BenchmarkSettings
+) -> list[int]:
+    """One runner's calls in one round: per-call ns."""
+    clock = _clock
+    count = len(batches)
+    end = clock() + int(settings.round_seconds * 1e9)
+    calls: list[int] = []
+    while len(calls) < settings.min_round_iterations or (
+        len(calls) < settings.window_iterations and clock() < end
+    ):
+        feed = batches[(start_index + len(calls)) % count]
+        t0 = clock()
+        runner(feed)
+        calls.append(clock() - t0)
+    return calls
+
+
+def _summarise_rounds(
+    rounds_ns: list[list[int]],
+    *,
+    batch_size: int,
+    stop_reason: str,
+    warmup_calls: int,
+    distinct_feeds: int,
+    spoiled: int,
+    kept_clean: bool,
+    settings: BenchmarkSettings,
+) -> LatencyReport:
+    """The report from the kept rounds: p50 = median of the per-round medians.
+
+    Stable when the kept rounds are clean, at least `min_clean_rounds`, and the IQR of their
+    medians is within `stability_tolerance` of the p50.
+    """
+    medians = np.asarray([np.median(calls) for calls in rounds_ns], dtype=np.float64) / _NS_PER_MS
+    ms = np.concatenate([np.asarray(calls, dtype=np.float64) for calls in rounds_ns]) / _NS_PER_MS
+    p50 = float(np.median(medians))
+    q25, q75 = (float(v) for v in np.percentile(medians, [25, 75]))
+    p90, p95, p99 = (float(v) for v in np.percentile(ms, [90, 95, 99]))
+    busy_s = float(ms.sum()) / 1e3
+    clean = kept_clean and len(rounds_ns) >= settings.min_clean_rounds
+    return LatencyReport(
+        batch_size=batch_size,
+        p50_ms=p50,
+        p90_ms=p90,
+        p95_ms=p95,
+        p99_ms=p99,
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std()),
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        throughput=batch_size * ms.size / busy_s if busy_s > 0 else 0.0,
+        iterations=int(ms.size),
+        windows=len(rounds_ns),
+        stable=clean and (q75 - q25) <= settings.stability_tolerance * p50,
+        stop_reason=stop_reason,
+        warmup_iterations=warmup_calls,
+        measured_seconds=busy_s,
+        distinct_feeds=distinct_feeds,
+        window_p50_ms=[round(float(v), 6) for v in medians],
+        latencies_ms=_downsample(ms, settings.max_raw_latencies),
+        rounds_kept=len(rounds_ns),
+        rounds_spoiled=spoiled,
+        round_p50_iqr_ms=round(q75 - q25, 6),
+        round_p50_range_ms=[round(float(medians.min()), 6), round(float(medians.max()), 6)],
+    )
+
+
+def _batch_sizes(feeds_by_batch: Mapping[int, Any], settings: BenchmarkSettings) -> list[int]:
+    sizes = sorted(settings.batch_sizes or feeds_by_batch)
+    missing = [size for size in sizes if size not in feeds_by_batch]
+    if missing:
+        raise ValueError(f"no feeds for batch size(s) {missing}; have {sorted(feeds_by_batch)}")
+    return sizes
 
 
 def is_stable(window_p50: list[float], windows: int, tolerance: float) -> bool:

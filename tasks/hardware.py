@@ -30,8 +30,19 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-libs"),
     "numpy": ("numpy",),
     "mlflow": ("mlflow", "mlflow-skinny"),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
 }
 """Library -> the distributions that provide it, first installed one wins."""
+ISA_TIERS = (
+    ("amx", ("amx_tile",)),
+    ("avx512_bf16", ("avx512_bf16",)),
+    ("avx512_vnni", ("avx512_vnni",)),
+    ("avx_vnni", ("avx_vnni",)),
+    ("avx512", ("avx512f",)),
+    ("avx2", ("avx2",)),
+)
+"""The highest tier whose flags are all present names the CPU's vector ISA (best first)."""
 _CPUINFO = Path("/proc/cpuinfo")
 _MEMINFO = Path("/proc/meminfo")
 _NVIDIA_SMI_TIMEOUT_S = 10
@@ -54,6 +65,7 @@ def describe_hardware() -> dict[str, Any]:
         "usable_cores": _usable_cores(),
         "memory_gib": _memory_gib(),
         "cpu_flags": [flag for flag in CPU_FLAGS_OF_INTEREST if flag in cpu["flags"]],
+        "isa": {flag: flag in cpu["flags"] for flag in CPU_FLAGS_OF_INTEREST},
         "gpus": _gpu_names(),
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
@@ -78,6 +90,38 @@ def hardware_class(info: dict[str, Any]) -> str:
         return f"gpu:{_slug(gpus[0])}{suffix}"
     cores = info.get("usable_cores") or info.get("logical_cores") or 0
     return f"cpu:{_slug(info.get('cpu_model') or 'unknown')}:{cores}c"
+
+
+def isa_features(info: dict[str, Any]) -> dict[str, bool]:
+    """Each ISA feature that decides which runtime and precision wins: present or not.
+
+    Args:
+        info: the output of `describe_hardware()` (older records without `isa` are read from
+            their `cpu_flags`).
+    """
+    flags = set(info.get("cpu_flags") or ())
+    recorded = info.get("isa") or {}
+    return {flag: bool(recorded.get(flag, flag in flags)) for flag in CPU_FLAGS_OF_INTEREST}
+
+
+def isa_tier(info: dict[str, Any]) -> str:
+    """The CPU's best vector tier (`amx`, `avx512_bf16`, `avx512_vnni`, ..., `baseline`).
+
+    Recorded beside `hardware_class`, not inside it: the class key stays the same as in the
+    figures already stored, and two machines sold under one CPU name but with different
+    vector units (an AVX2-only and an AVX-512 EPYC, say) are told apart by this tier.
+    """
+    present = {flag for flag, on in isa_features(info).items() if on}
+    for tier, needs in ISA_TIERS:
+        if present.issuperset(needs):
+            return tier
+    return "baseline"
+
+
+def isa_label(info: dict[str, Any]) -> str:
+    """The present ISA features, comma-separated, for printing beside a figure."""
+    present = [flag for flag, on in isa_features(info).items() if on]
+    return ", ".join(present) if present else "no AVX2/AVX-512/VNNI/BF16/AMX"
 
 
 def library_versions() -> dict[str, str | None]:

@@ -1,0 +1,257 @@
+"""One real-size network: every tfopt variant beside the peers, judged and measured in one process.
+
+    python -m bench.peers mobilenet_v2 --threads 2 --work-dir DIR [--quick]   # JSON on stdout
+
+Builds the network (`bench.realsize`), exports it as tfopt does, then builds every CPU variant
+with tfopt's own backends (the same `ConversionRequest` the pipeline sends, with the calibration
+images and, for backends that use it, tfopt's metric on a validation slice) and the peers a user
+would build by hand (`bench.peer_runners`). All of them are judged by the fidelity metric against
+TF as exported, on the same eval images, and measured in one interleaved benchmark (rounds,
+order rotated, spoiled rounds left out) on the same inputs and threads.
+
+The gate: the fidelity metric's mean cosine similarity to TF's logits may drop at most
+`GATE_COSINE_DROP` below TF's own (1.0). Argmax agreement and the max error are reported beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import peer_runners, realsize
+
+logger = logging.getLogger("bench.peers")
+
+BASELINE = "tf:fp32"
+GATE_COSINE_DROP = 0.01
+FULL = {"eval": 32, "calibration": 64, "batchnorm": 32, "rounds": 7, "round_seconds": 1.0}
+QUICK = {"eval": 8, "calibration": 16, "batchnorm": 8, "rounds": 3, "round_seconds": 0.3}
+MEASURED_FEEDS = 16
+
+
+def tfopt_variants() -> list[str]:
+    """Every variant tfopt builds on a CPU worker, from the backend registry, baseline first."""
+    from tasks.backends import CPU_LANE, KNOWN_VARIANTS, variants_in_lane
+
+    cpu = variants_in_lane(KNOWN_VARIANTS, CPU_LANE)
+    return [BASELINE, *(v for v in cpu if v != BASELINE)]
+
+
+def fidelity(runner: Callable, feeds: Sequence[dict], reference: Sequence[dict]) -> dict:
+    """tfopt's fidelity metric of `runner` against the reference outputs, sample by sample."""
+    from tasks.metrics.fidelity import FidelityAccumulator
+
+    outputs = tuple(reference[0])
+    accumulator = FidelityAccumulator("fidelity", outputs)
+    for feed, expected in zip(feeds, reference, strict=True):
+        accumulator.update(runner(feed), {}, expected)
+    value = accumulator.value()
+    return {key: round(float(v), 6) for key, v in value.details.items()}
+
+
+def build_tfopt(
+    variant: str, saved_model: Path, work: Path, threads: int, data: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Convert and load one tfopt variant with its backend; (runner or None, what happened)."""
+    from tasks.backends import BackendUnavailableError, ConversionRequest, get_backend
+
+    backend_name, precision = variant.split(":")
+    backend = get_backend(backend_name)
+    reason = backend.available()
+    if reason:
+        return None, {"status": "SKIPPED", "reason": reason}
+    request = ConversionRequest(
+        saved_model_dir=saved_model,
+        signature=data["signature"],
+        precision=precision,
+        output_dir=work / variant.replace(":", "-"),
+        calibration_data=lambda: iter(data["calibration_feeds"]),
+        batch_sizes=(1,),
+    )
+    try:
+        conversion = backend.convert(request)
+        runner = backend.load(conversion.artifact_dir, data["signature"], threads)
+    except BackendUnavailableError as exc:
+        return None, {"status": "SKIPPED", "reason": exc.reason}
+    except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the rest go on
+        logger.exception("%s failed", variant)
+        return None, {"status": "FAILED", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+    summary = conversion.summary
+    return runner, {
+        "status": "OK",
+        "conversion_s": summary.get("conversion_seconds") or summary.get("seconds"),
+        "size_bytes": summary.get("size_bytes"),
+    }
+
+
+def build_peers(saved_model: Path, threads: int, data: dict[str, Any]) -> dict[str, tuple]:
+    """The peers, name -> (runner, info); a peer that fails is reported with its reason."""
+    names = (data["signature"].input_names[0], data["signature"].output_names[0])
+    calibration = [feed[names[0]] for feed in data["calibration_feeds"]]
+    makers = {
+        "peer:openvino-default": lambda: peer_runners.stock_openvino(saved_model, threads, names),
+        "peer:nncf-int8-default": lambda: peer_runners.stock_openvino(
+            saved_model, threads, names, calibration, converted=converted.get("model")
+        ),
+        "peer:litert-default": lambda: peer_runners.stock_litert(saved_model, threads, names),
+        "peer:litert-dynamic-range": lambda: peer_runners.stock_litert(
+            saved_model, threads, names, dynamic_range=True
+        ),
+    }
+    converted: dict[str, Any] = {}
+    peers = {}
+    for name, make in makers.items():
+        try:
+            runner, info = make()
+            peers[name] = (runner, {"status": "OK", **info})
+            converted.setdefault("model", getattr(runner, "model", None))
+        except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, the rest go on
+            logger.exception("%s failed", name)
+            peers[name] = (None, {"status": "FAILED", "reason": f"{type(exc).__name__}: {exc}"})
+    return peers
+
+
+def prepare(model_name: str, work: Path, plan: dict[str, Any]) -> tuple[Any, Path, dict]:
+    """The network, its exported SavedModel and the data: eval and calibration feeds."""
+    from tasks.export import read_signature
+
+    model = realsize.build(model_name, plan["batchnorm"])
+    saved_model = realsize.export(model, work)
+    signature = read_signature(saved_model)
+    name = signature.input_names[0]
+    eval_images = realsize.images(plan["eval"], realsize.EVAL_SEED)
+    calibration = realsize.images(plan["calibration"], realsize.CALIBRATION_SEED)
+    data = {
+        "signature": signature,
+        "eval_feeds": [{name: eval_images[i : i + 1]} for i in range(len(eval_images))],
+        "calibration_feeds": [{name: calibration[i : i + 1]} for i in range(len(calibration))],
+    }
+    return model, saved_model, data
+
+
+def judge_and_measure(
+    runners: dict[str, Any], infos: dict[str, dict], data: dict[str, Any], plan: dict[str, Any]
+) -> dict[str, Any]:
+    """Fidelity of every runner vs TF, then one interleaved benchmark of all of them."""
+    from tasks.benchmark import BenchmarkSettings, benchmark_interleaved
+
+    feeds, reference = data["eval_feeds"], data["reference"]
+    for name, runner in runners.items():
+        infos[name]["fidelity"] = fidelity(runner, feeds, reference)
+        drop = 1.0 - infos[name]["fidelity"]["cosine"]
+        infos[name]["passed"] = drop <= GATE_COSINE_DROP
+    settings = BenchmarkSettings(
+        warmup_iterations=20,
+        warmup_seconds=2.0,
+        window_iterations=100,
+        rounds=plan["rounds"],
+        round_seconds=plan["round_seconds"],
+        max_seconds=60.0,
+    )
+    measured = benchmark_interleaved(runners, {1: feeds[:MEASURED_FEEDS]}, settings)
+    for name, by_size in measured.reports.items():
+        report = by_size[1]
+        infos[name]["latency"] = {
+            "p50_ms": report.p50_ms,
+            "p99_ms": report.p99_ms,
+            "round_p50_iqr_ms": report.round_p50_iqr_ms,
+            "round_p50_range_ms": report.round_p50_range_ms,
+            "rounds_kept": report.rounds_kept,
+            "stable": report.stable,
+            "iterations": report.iterations,
+        }
+    return measured.summary()
+
+
+def headline(rows: dict[str, dict]) -> dict[str, Any]:
+    """tfopt's choice (fastest passing tfopt variant) vs the fastest passing peer."""
+
+    def fastest(kind: str) -> tuple[str | None, float | None]:
+        passing = {
+            name: row["latency"]["p50_ms"]
+            for name, row in rows.items()
+            if row["kind"] == kind and row.get("passed") and "latency" in row
+        }
+        if not passing:
+            return None, None
+        best = min(passing, key=passing.__getitem__)
+        return best, passing[best]
+
+    chosen, chosen_ms = fastest("tfopt")
+    peer, peer_ms = fastest("peer")
+    ratio = peer_ms / chosen_ms if chosen_ms and peer_ms else None
+    return {
+        "chosen": chosen,
+        "chosen_p50_ms": chosen_ms,
+        "best_peer": peer,
+        "best_peer_p50_ms": peer_ms,
+        "speed_vs_best_peer": ratio,
+    }
+
+
+def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[str, Any]:
+    """Everything for one network; the JSON document `bench.run` reads."""
+    from bench.flops import layer_flops, profiler_flops
+    from tasks.backends.tf import set_tf_threads
+
+    set_tf_threads(threads)
+    plan = QUICK if quick else FULL
+    model, saved_model, data = prepare(model_name, work, plan)
+    flops = {"profiler": profiler_flops(model)["total"], "layers": layer_flops(model)}
+    runners: dict[str, Any] = {}
+    rows: dict[str, dict] = {}
+    for variant in tfopt_variants():
+        runner, info = build_tfopt(variant, saved_model, work, threads, data)
+        rows[variant] = {"kind": "tfopt", **info}
+        if variant == BASELINE and runner is not None:
+            data["reference"] = [runner(feed) for feed in data["eval_feeds"]]
+        if runner is not None:
+            runners[variant] = runner
+    if "reference" not in data:
+        raise RuntimeError(f"{BASELINE} did not load: {rows[BASELINE]}")
+    for name, (runner, info) in build_peers(saved_model, threads, data).items():
+        rows[name] = {"kind": "peer", **info}
+        if runner is not None:
+            runners[name] = runner
+    rounds = judge_and_measure(runners, rows, data, plan)
+    rows["peer:tf-as-exported"] = {**rows[BASELINE], "kind": "peer", "same_as": BASELINE}
+    return {
+        "model": model_name,
+        "image_size": realsize.IMAGE_SIZE,
+        "params": int(model.count_params()),
+        "flops": flops["profiler"],
+        "flops_layers": flops["layers"]["flops"],
+        "threads": threads,
+        "plan": plan,
+        "gate": f"fidelity cosine >= {1 - GATE_COSINE_DROP:.2f} (drop <= {GATE_COSINE_DROP})",
+        "rows": rows,
+        "rounds": rounds,
+        **headline(rows),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(realsize.APPLICATIONS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="fewer images and rounds")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.model}-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = run_model(args.model, args.threads, work, args.quick)
+    print(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()

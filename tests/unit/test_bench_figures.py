@@ -1,0 +1,88 @@
+"""Unit tests of the bench's real-size figures: headline vs peers, efficiency vs peaks, targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import figures, render
+from bench.peers import headline
+
+pytestmark = pytest.mark.unit
+
+
+def _row(kind: str, p50: float | None, passed: bool = True, status: str = "OK") -> dict:
+    row = {"kind": kind, "status": status, "passed": passed}
+    if p50 is not None:
+        row["latency"] = {
+            "p50_ms": p50,
+            "p99_ms": p50 * 1.2,
+            "round_p50_iqr_ms": 0.1,
+            "round_p50_range_ms": [p50 * 0.9, p50 * 1.1],
+            "rounds_kept": 7,
+        }
+        row["fidelity"] = {"cosine": 0.999 if passed else 0.9, "agreement": 1.0}
+    return row
+
+
+ROWS = {
+    "tf:fp32": _row("tfopt", 80.0),
+    "tflite:fp32": _row("tfopt", 45.0),
+    "tflite:int8": _row("tfopt", 12.0, passed=False),
+    "openvino:bf16": _row("tfopt", 20.0),
+    "openvino:int8": _row("tfopt", 13.0),
+    "tftrt:fp32": {"kind": "tfopt", "status": "SKIPPED", "reason": "no GPU"},
+    "peer:openvino-default": _row("peer", 21.0),
+    "peer:nncf-int8-default": _row("peer", 12.5, passed=False),
+    "peer:tf-as-exported": _row("peer", 80.0),
+}
+
+
+def test_headline_compares_the_fastest_passing_of_each_side() -> None:
+    top = headline(ROWS)
+    assert top["chosen"] == "openvino:int8"  # tflite:int8 is faster but fails the gate
+    assert top["best_peer"] == "peer:openvino-default"
+    assert top["speed_vs_best_peer"] == pytest.approx(21.0 / 13.0)
+
+
+def test_headline_without_a_passing_side_has_no_ratio() -> None:
+    rows = {"tf:fp32": _row("tfopt", 80.0), "peer:x": _row("peer", 10.0, passed=False)}
+    top = headline(rows)
+    assert top["best_peer"] is None and top["speed_vs_best_peer"] is None
+
+
+def test_efficiency_judges_int8_against_the_int8_peak() -> None:
+    network = {"flops": 8e9, "rows": ROWS}
+    eff = figures.efficiency(network, fp32_peak=400.0, gemm={"int8_peak_gops": 1600.0})
+    by = eff["by_variant"]
+    assert by["tflite:fp32"]["gflops"] == pytest.approx(8e9 / 45.0 / 1e6)
+    assert by["tflite:fp32"]["share"] == pytest.approx(8e9 / 45.0 / 1e6 / 400.0)
+    assert by["openvino:int8"]["share"] == pytest.approx(8e9 / 13.0 / 1e6 / 1600.0)
+    assert by["openvino:bf16"]["share"] is None  # no BF16 peak is measured
+    assert "peer:openvino-default" not in by
+    assert eff["best_fp32"]["variant"] == "tflite:fp32"
+    assert eff["best_int8"]["variant"] == "tflite:int8"
+
+
+def test_realsize_targets_and_table() -> None:
+    network = {
+        "model": "resnet50",
+        "image_size": 224,
+        "params": 25.6e6,
+        "flops": 8e9,
+        "threads": 2,
+        "gate": "fidelity cosine >= 0.99 (drop <= 0.01)",
+        "rows": ROWS,
+        "rounds": {"rounds": 7, "spoiled": 2, "kept": [0, 1, 3, 4, 6]},
+        **headline(ROWS),
+    }
+    network["efficiency"] = figures.efficiency(network, 400.0, {"int8_peak_gops": 1600.0})
+    found = {f.name: f for f in figures.realsize_figures([network])}
+    assert found["resnet50: tfopt / best peer"].passed is True
+    fp32 = found["resnet50: FP32 efficiency"]
+    assert fp32.value == pytest.approx(100 * 8e9 / 45.0 / 1e6 / 400.0)
+    assert fp32.passed is False  # 44% < 50%
+    assert found["resnet50: INT8 efficiency"].passed is None
+    table = render.peers_table(network)
+    assert "choice openvino:int8 13.0 ms vs best peer peer:openvino-default 21.0 ms" in table
+    assert "SKIPPED: no GPU" in table
+    assert "FAIL" in table.split("tflite:int8")[1].splitlines()[0]
