@@ -177,6 +177,22 @@ def _requirements(backend: str, variant_dir: Path | None = None) -> list[str]:
     return pins
 
 
+def _mlflow_example(example: dict[str, np.ndarray]) -> Any:
+    """The input example as MLflow can carry it through JSON.
+
+    MLflow's JSON encodes bytes as base64 and decodes them back only for columns of type
+    `binary`, not for tensors: a model whose inputs are strings (one per sample) therefore gets
+    a column-based signature and a DataFrame example; every other model keeps tensors.
+    """
+    import pandas as pd
+
+    if any(v.dtype.kind == "S" for v in example.values()) and all(
+        v.ndim == 1 for v in example.values()
+    ):
+        return pd.DataFrame({name: list(value) for name, value in example.items()})
+    return example
+
+
 def log_pyfunc(
     variant_dir: Path,
     signature_dir: Path,
@@ -207,6 +223,7 @@ def log_pyfunc(
                 }
             )
         )
+        example = _mlflow_example(example)
         prediction = model.predict(None, example)
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -35,8 +35,8 @@ class VariantModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads hints
         from tasks.signature import as_feed
 
-        if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
-            model_input = {name: np.stack(model_input[name].to_numpy()) for name in model_input}
+        if hasattr(model_input, "columns"):  # a DataFrame: one column per input
+            model_input = {name: _column(model_input[name]) for name in model_input.columns}
         if isinstance(model_input, dict):
             feeds = {name: np.asarray(value) for name, value in model_input.items()}
         else:
@@ -49,3 +49,11 @@ class VariantModel(mlflow.pyfunc.PythonModel):
         if len(outputs) == 1:
             return next(iter(outputs.values()))
         return outputs
+
+
+def _column(series: Any) -> np.ndarray:
+    """A DataFrame column as one array: scalars stay 1-D, per-row arrays are stacked."""
+    values = series.tolist()
+    if values and isinstance(values[0], list | np.ndarray):
+        return np.stack([np.asarray(value) for value in values])
+    return np.asarray(values)
