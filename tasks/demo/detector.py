@@ -3,8 +3,6 @@ its serving export (encoded image strings in, TF Object Detection API outputs ou
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import time
@@ -260,65 +258,19 @@ def predict(
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def _coco_records(
-    detections: dict[str, np.ndarray], gt_boxes: np.ndarray, gt_classes: np.ndarray
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """COCO ground-truth dataset and detection list (boxes x1000, xywh)."""
-
-    def xywh(box: np.ndarray) -> list[float]:
-        ymin, xmin, ymax, xmax = (float(v) * 1000.0 for v in box)
-        return [xmin, ymin, xmax - xmin, ymax - ymin]
-
-    annotations, results = [], []
-    for image_id, (boxes, classes) in enumerate(zip(gt_boxes, gt_classes, strict=True)):
-        for box, label in zip(boxes, classes, strict=True):
-            if label >= 0:
-                x, y, w, h = xywh(box)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": int(label),
-                        "bbox": [x, y, w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
-                    }
-                )
-        count = int(detections["num_detections"][image_id])
-        for k in range(count):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "bbox": xywh(detections["detection_boxes"][image_id, k]),
-                    "score": float(detections["detection_scores"][image_id, k]),
-                    "category_id": int(detections["detection_classes"][image_id, k]),
-                }
-            )
-    dataset = {
-        "images": [{"id": i, "width": 1000, "height": 1000} for i in range(len(gt_boxes))],
-        "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(detection.CLASS_NAMES)],
-    }
-    return dataset, results
-
-
 def coco_map(
     detections: dict[str, np.ndarray], gt_boxes: np.ndarray, gt_classes: np.ndarray
 ) -> dict[str, float]:
-    """COCO bbox mAP of decoded detections, by faster_coco_eval: `map50` (IoU .5) and `map`."""
-    from faster_coco_eval import COCO, COCOeval_faster
+    """COCO bbox mAP of decoded detections (`map50`, `map`), by tfopt's own detection metric."""
+    from tasks.metrics import OutputChoice, get_metric
 
-    dataset, results = _coco_records(detections, gt_boxes, gt_classes)
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO(dataset)
-        found = truth.loadRes(results) if results else None
-        if found is None:
-            return {"map50": 0.0, "map": 0.0}
-        evaluation = COCOeval_faster(truth, found, iouType="bbox", print_function=logger.debug)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return {"map50": float(evaluation.stats[1]), "map": float(evaluation.stats[0])}
+    if not np.asarray(detections["num_detections"]).any():
+        return {"map50": 0.0, "map": 0.0}
+    roles = dict(zip(("boxes", "scores", "classes", "num_detections"), OUTPUT_NAMES, strict=True))
+    accumulator = get_metric("map50").accumulator(OutputChoice(roles))
+    accumulator.update(detections, {"gt_boxes": gt_boxes, "gt_classes": gt_classes}, detections)
+    details = accumulator.value().details
+    return {"map50": details["map50"], "map": details["map"]}
 
 
 # --- training ---------------------------------------------------------------------------------
