@@ -230,3 +230,27 @@ def _throwing(runner, stage: str):
 
     run.input_names, run.output_names = runner.input_names, runner.output_names
     return run
+
+
+def test_a_detector_taking_jpeg_bytes_is_judged_by_map(
+    local_stack, model_name, work_dir, capsys, tmp_path
+):
+    from tasks.demo.publish import publish_demo
+
+    bundle = publish_demo(str(tmp_path / "detector"), tiny=True, seed=0, task="detection")
+    case = {
+        "model": bundle["model_uri"],
+        "eval": bundle["eval_data_uri"],
+        "flags": ["--calibration-data-uri", bundle["calibration_data_uri"], "--metric", "map50"],
+    }
+    code, results, err = _optimize(case, model_name, capsys)
+
+    assert code == 0, err[-3000:]
+    rows = _by_variant(results)
+    for row in rows.values():
+        assert row["metric_name"] == "map50" or row["status"] != "OK", row
+    assert rows["tflite:int8"]["status"] == "OK", rows["tflite:int8"]["reason"]
+    assert "DecodeJpeg" in rows["tflite:int8"]["split"]["tf_ops"]
+    gate_passed = rows["tflite:int8"]["validation_passed"]
+    assert (rows["tflite:int8"]["verdict"] != "rejected") is gate_passed
+    assert results["registration"]["metrics"]["model_version"] == "1"
