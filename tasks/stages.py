@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_BATCH = 32
 BENCHMARK_DISTINCT_BATCHES = 16
+ACCURACY_CONTROL_SAMPLES = 300
+"""Eval samples an accuracy-aware quantizer may score its choices on (NNCF accuracy control)."""
 REFERENCE_DIR = "reference"
 CHAMPION_MIN_GAIN = 0.05
 """A new version takes `champion` only when it is at least this much faster (the benchmark's own
@@ -326,6 +328,11 @@ def _convert(
                 output_dir=out_dir,
                 calibration_data=calibration_data,
                 batch_sizes=config.batch_sizes,
+                validation=(
+                    _accuracy_validation(ctx, plan, data) if spec.precision == "int8" else None
+                ),
+                accuracy_tolerance=config.accuracy_gate.tolerance,
+                objective=config.objective,
             )
         )
     except BackendUnavailableError as exc:
@@ -345,6 +352,50 @@ def _convert(
         },
     )
     return _publish(conversion.artifact_dir, uri, result)
+
+
+def _reference_samples(reference_dir: Path, count: int) -> list[dict[str, np.ndarray]]:
+    """The baseline's outputs for the first `count` eval samples, one dict per sample."""
+    samples: list[dict[str, np.ndarray]] = []
+    for path in sorted((reference_dir / REFERENCE_DIR).glob("batch-*.npz")):
+        with np.load(path, allow_pickle=False) as batch:
+            arrays = {name: batch[name] for name in batch.files}
+        size = len(next(iter(arrays.values())))
+        samples += [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(size)]
+        if len(samples) >= count:
+            break
+    return samples[:count]
+
+
+def _accuracy_validation(ctx: RunContext, plan: DataPlan, data: StageResult) -> Any:
+    """The run's metric on a slice of the eval data, for quantizers that repair accuracy.
+
+    NNCF's accuracy control (openvino:int8) scores subsets of this slice with tfopt's own metric,
+    and keeps the layers that cost accuracy in higher precision.
+    """
+    from tasks.backends.base import AccuracyValidation
+    from tasks.datasets import iter_batches
+
+    samples, truths = [], []
+    for feeds, truth in iter_batches(plan.eval_data, 1, limit=ACCURACY_CONTROL_SAMPLES):
+        samples.append(feeds)
+        truths.append(truth)
+    reference_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
+    baseline = _reference_samples(reference_dir, len(samples))
+
+    def metric(runner: Any, indices: Any) -> float:
+        accumulator = plan.metric.accumulator(plan.choice)
+        for i in range(len(samples)) if indices is None else indices:
+            accumulator.update(runner(samples[i]), truths[i], baseline[i])
+        value = accumulator.value().value
+        return float("nan") if value is None else float(value)
+
+    return AccuracyValidation(
+        samples=samples,
+        metric=metric,
+        higher_is_better=plan.metric.higher_is_better,
+        relative=not plan.metric.higher_is_better,
+    )
 
 
 def _load_variant(config: PipelineConfig, ctx: RunContext, conversion: StageResult, plan: DataPlan):

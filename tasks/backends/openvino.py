@@ -314,6 +314,15 @@ def _quantize_with_accuracy_control(
     }
 
 
+def _nncf_logs_to_logging() -> None:
+    """NNCF's logger writes to stdout with a handler of its own: hand its records to logging."""
+    from nncf.common.logging.logger import nncf_logger
+
+    for handler in list(nncf_logger.handlers):
+        nncf_logger.removeHandler(handler)
+    nncf_logger.propagate = True
+
+
 def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[Any, dict[str, Any]]:
     """INT8 by NNCF post-training quantization, accuracy-controlled when validation is given.
 
@@ -322,6 +331,7 @@ def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[A
     """
     import nncf
 
+    _nncf_logs_to_logging()
     samples = _calibration_samples(target)
     calibration = nncf.Dataset(samples)
     started = time.perf_counter()
