@@ -19,17 +19,9 @@ DEFAULT_REGION = "us-east-1"
 MAX_PARALLEL_TRANSFERS = 8  # files in flight at once
 _MB = 1024 * 1024
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
-_DENIED_CODES = frozenset(
-    {
-        "403",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "AllAccessDisabled",
-    }
-)
+_DENIED_CODES = frozenset({"403", "AccessDenied", "AllAccessDisabled"})
+_BAD_CREDENTIALS_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"})
+_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -113,6 +105,16 @@ def default_run_root() -> str:
     return root.rstrip("/")
 
 
+def credentials_source(environ: dict[str, str] | None = None) -> str:
+    """Where the S3 credentials in use come from, for error messages (never their values)."""
+    env = os.environ if environ is None else environ
+    if env.get("AWS_ACCESS_KEY_ID"):
+        return "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    if env.get("AWS_PROFILE"):
+        return f"the AWS profile {env['AWS_PROFILE']!r} (AWS_PROFILE)"
+    return "boto3's default chain (shared credentials file, instance or pod role)"
+
+
 def _map_client_error(exc: Exception, uri: str, action: str) -> TfoptError:
     """Translate a botocore ClientError into a user error or a transient error."""
     response = getattr(exc, "response", {}) or {}
@@ -126,6 +128,17 @@ def _map_client_error(exc: Exception, uri: str, action: str) -> TfoptError:
         )
     if code in _NOT_FOUND_CODES or status == 404:
         return UserInputError(f"cannot {action}: it does not exist: {uri}; check the URI")
+    if code in _EXPIRED_CODES:
+        return TransientError(
+            f"cannot {action} {uri}: the S3 credentials have expired ({code}); they come from "
+            f"{credentials_source()}: refresh them (a retry picks up refreshed credentials)"
+        )
+    if code in _BAD_CREDENTIALS_CODES:
+        return UserInputError(
+            f"cannot {action} {uri}: S3 rejected the credentials ({code}); they come from "
+            f"{credentials_source()}: fix them for the endpoint "
+            f"{S3Settings.from_env().endpoint_url or 'AWS S3'}"
+        )
     if code in _DENIED_CODES or status == 403:
         return UserInputError(
             f"cannot {action}: access denied ({code or status}) to {uri}; check the credentials "
@@ -146,6 +159,7 @@ def _s3_errors(uri: str, action: str) -> Iterator[None]:
         BotoCoreError,
         ClientError,
         NoCredentialsError,
+        ParamValidationError,
         PartialCredentialsError,
     )
 
@@ -165,6 +179,8 @@ def _s3_errors(uri: str, action: str) -> Iterator[None]:
             f"cannot {action} {uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or source the stack env: .stack/stack.env)"
         ) from exc
+    except ParamValidationError as exc:
+        raise UserInputError(f"cannot {action} {uri}: invalid request parameters: {exc}") from exc
     except BotoCoreError as exc:  # connection refused/reset, timeouts, DNS
         raise TransientError(
             f"cannot {action} {uri}: S3 endpoint unreachable ({exc}); is the S3 server up "

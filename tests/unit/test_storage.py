@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
 from moto import mock_aws
 
 from tasks import storage
@@ -126,7 +126,9 @@ def test_manifest_round_trip_and_tamper_check(tmp_path):
         storage.Manifest.from_dict({"files": {}})
 
 
-def test_error_mapping():
+def test_error_mapping(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECRETVALUE")
+
     def client_error(code: str, status: int) -> ClientError:
         response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
         return ClientError(response, "GetObject")
@@ -135,7 +137,10 @@ def test_error_mapping():
         (client_error("NoSuchBucket", 404), UserInputError, "bucket 'bkt' does not exist"),
         (client_error("NoSuchKey", 404), UserInputError, "does not exist: s3://bkt/k"),
         (client_error("AccessDenied", 403), UserInputError, "check the credentials"),
-        (client_error("SignatureDoesNotMatch", 403), UserInputError, "check the credentials"),
+        (client_error("SignatureDoesNotMatch", 403), UserInputError, "rejected the credentials"),
+        (client_error("InvalidAccessKeyId", 403), UserInputError, r"AWS_ACCESS_KEY_ID"),
+        (client_error("ExpiredToken", 400), TransientError, "credentials have expired"),
+        (ParamValidationError(report="Invalid bucket name"), UserInputError, "invalid request"),
         (client_error("SlowDown", 503), TransientError, "retry"),
         (client_error("InternalError", 500), TransientError, "retry"),
         (EndpointConnectionError(endpoint_url="http://x"), TransientError, "unreachable"),
@@ -144,6 +149,10 @@ def test_error_mapping():
         with pytest.raises(expected, match=message):
             with storage.s3._s3_errors("s3://bkt/k", "read"):
                 raise raised
+    with pytest.raises(UserInputError) as info:
+        with storage.s3._s3_errors("s3://bkt/k", "read"):
+            raise client_error("InvalidAccessKeyId", 403)
+    assert "AKIDSECRETVALUE" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------- S3 publish
