@@ -1,6 +1,7 @@
 """Storage: S3 (boto3) and local paths, atomic publish with a sha256 manifest, verified fetch."""
 
-from tasks.storage.cache import cache_root, evict_cache
+from tasks.storage import lock
+from tasks.storage.cache import cache_root, clean_leftovers, evict_cache
 from tasks.storage.fetch import fetch_tree
 from tasks.storage.manifest import (
     MANIFEST_NAME,
@@ -31,9 +32,19 @@ from tasks.storage.s3 import (
     default_run_root,
     s3_client,
 )
-from tasks.storage.uris import is_s3, join_uri, parse_s3_uri
+from tasks.storage.uris import (
+    allowed_prefixes,
+    check_allowed,
+    is_s3,
+    is_under,
+    join_uri,
+    parse_s3_uri,
+)
 
 __all__ = [
+    "allowed_prefixes",
+    "check_allowed",
+    "is_under",
     "DEFAULT_BUCKET",
     "DEFAULT_REGION",
     "MANIFEST_NAME",
@@ -44,6 +55,7 @@ __all__ = [
     "PublishConflictError",
     "S3Settings",
     "cache_root",
+    "clean_leftovers",
     "default_run_root",
     "delete_tree",
     "digest_tree",
@@ -62,5 +74,6 @@ __all__ = [
     "read_manifest",
     "s3_client",
     "sha256_file",
+    "lock",
     "tree_digest",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from tasks.storage.download import _download_verified
 from tasks.storage.manifest import IntegrityError, Manifest, _verify_tree
 
 log = logging.getLogger(__name__)
+
+LEFTOVER_MAX_AGE_S = 24 * 3600.0
 
 
 def cache_root() -> Path | None:
@@ -37,7 +40,8 @@ def _cached_entry(
             log.warning("cache entry %s is damaged; downloading it again", entry)
             shutil.rmtree(entry, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{manifest.digest}.tmp-{uuid.uuid4().hex[:8]}"
+    clean_leftovers(root)
+    staging = root / f".{manifest.digest}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _download_verified(bucket, prefix, manifest, staging, uri)
         try:
@@ -49,6 +53,41 @@ def _cached_entry(
         shutil.rmtree(staging, ignore_errors=True)
     evict_cache(root, keep=entry)
     return entry, "S3"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_leftovers(root: Path, *, max_age_s: float = LEFTOVER_MAX_AGE_S) -> int:
+    """Remove download folders a killed process left in the cache; returns how many.
+
+    A staging folder (`.<digest>.tmp-<pid>-<random>`) is a leftover when its process is gone or
+    it is older than `max_age_s`.
+    """
+    removed = 0
+    now = time.time()
+    for path in root.glob(".*.tmp-*"):
+        pid_text = path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        dead = not pid_text.isdigit() or not _alive(int(pid_text))
+        try:
+            old = now - path.lstat().st_mtime > max_age_s
+        except FileNotFoundError:
+            continue
+        if dead or old:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.warning(
+            "cache %s: removed %d download leftovers of interrupted processes", root, removed
+        )
+    return removed
 
 
 def _cache_limit_bytes() -> int:

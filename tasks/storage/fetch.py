@@ -11,8 +11,8 @@ from tasks.errors import UserInputError
 from tasks.storage.cache import _cached_entry, _link_tree, cache_root
 from tasks.storage.download import _download_object, _download_prefix, _download_verified
 from tasks.storage.manifest import MANIFEST_NAME, Manifest, _verify_tree, read_manifest
-from tasks.storage.s3 import _list_relative, _object_exists
-from tasks.storage.uris import _local_path, is_s3, parse_s3_uri
+from tasks.storage.s3 import _list_relative, _object_exists, _total_bytes, default_run_root
+from tasks.storage.uris import _local_path, check_allowed, is_s3, is_under, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,14 @@ def fetch_tree(
         TransientError: S3 failed in a way a retry may fix.
     """
     uri = str(uri)
+    check_allowed(uri, default_run_root())
     if not is_s3(uri):
         return _check_local(uri, require_manifest)
     manifest = read_manifest(uri)
     if manifest is not None:
         return _fetch_published(uri, manifest, Path(local_dir))
     bucket, prefix = parse_s3_uri(uri)
+    _refuse_containers(uri, prefix)
     if prefix and _object_exists(bucket, prefix, uri):
         if require_manifest:
             raise UserInputError(
@@ -59,7 +61,41 @@ def fetch_tree(
             "writes it failed or is still running). For a user-provided folder pass "
             "require_manifest=False"
         )
+    _check_size(_total_bytes(bucket, prefix, uri), uri)
     return _download_prefix(bucket, prefix, names, Path(local_dir), uri)
+
+
+def max_fetch_bytes() -> int:
+    """The most an unpublished folder may hold to be fetched (`TFOPT_MAX_FETCH_GB`, default 20)."""
+    value = os.environ.get("TFOPT_MAX_FETCH_GB", "20")
+    try:
+        return int(float(value) * 1024**3)
+    except ValueError as exc:
+        raise UserInputError(f"TFOPT_MAX_FETCH_GB must be a number of GB, got {value!r}") from exc
+
+
+def _check_size(total: int, uri: str) -> None:
+    limit = max_fetch_bytes()
+    if total > limit:
+        raise UserInputError(
+            f"{uri} holds {total / 1024**3:.2f} GB, more than TFOPT_MAX_FETCH_GB "
+            f"({limit / 1024**3:.2f} GB); point the URI at the model or data folder itself, "
+            "or raise the limit"
+        )
+
+
+def _refuse_containers(uri: str, prefix: str) -> None:
+    """A user-provided URI must name a model or data folder, not a bucket or a run tree."""
+    if not prefix:
+        raise UserInputError(
+            f"{uri} is a whole bucket; point the URI at the model file or folder inside it"
+        )
+    run_root = default_run_root()
+    if is_under(run_root, uri) or is_under(uri, run_root):
+        raise UserInputError(
+            f"{uri} lies in tfopt's run tree ({run_root}) and is not a published artifact; "
+            "point the URI at a model or data folder (or a published stage such as .../export)"
+        )
 
 
 def _check_local(uri: str, require_manifest: bool) -> Path:

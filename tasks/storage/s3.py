@@ -235,6 +235,16 @@ def _list_with_times(bucket: str, prefix: str, uri: str) -> list[tuple[str, date
     return sorted(objects)
 
 
+def _total_bytes(bucket: str, prefix: str, uri: str) -> int:
+    """The summed size of every object under `prefix/`."""
+    total = 0
+    with _s3_errors(uri, "list"):
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+            total += sum(int(item.get("Size", 0)) for item in page.get("Contents", []))
+    return total
+
+
 def _transfer_config() -> Any:
     from boto3.s3.transfer import TransferConfig
 

@@ -69,3 +69,50 @@ def _safe_relpath(rel: str, uri: str) -> str:
     if not rel or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
         raise UserInputError(f"refusing unsafe file name {rel!r} under {uri}")
     return path.as_posix()
+
+
+def is_under(uri: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when `uri` is `root` or lies below it (same scheme and bucket, whole segments).
+
+    Malformed URIs and `..` segments never count as under anything.
+    """
+    uri, root = str(uri), str(root)
+    try:
+        if is_s3(uri) != is_s3(root):
+            return False
+        if is_s3(uri):
+            (bucket, key), (root_bucket, root_key) = parse_s3_uri(uri), parse_s3_uri(root)
+            if bucket != root_bucket:
+                return False
+            return not root_key or key == root_key or key.startswith(f"{root_key}/")
+        path, base = _local_path(uri), _local_path(root)
+    except UserInputError:
+        return False
+    if ".." in path.parts:
+        return False
+    path, base = path.resolve(), base.resolve()
+    return path == base or base in path.parents
+
+
+def allowed_prefixes(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """`TFOPT_ALLOWED_URI_PREFIXES` (comma-separated); empty means any URI is allowed."""
+    env = os.environ if environ is None else environ
+    value = env.get("TFOPT_ALLOWED_URI_PREFIXES", "")
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def check_allowed(uri: str | os.PathLike[str], *also: str) -> None:
+    """Refuse a URI outside `TFOPT_ALLOWED_URI_PREFIXES` (and the extra roots `also`).
+
+    Raises:
+        UserInputError: the variable is set and `uri` lies under none of its prefixes.
+    """
+    prefixes = allowed_prefixes()
+    if not prefixes:
+        return
+    if any(is_under(uri, prefix) for prefix in (*prefixes, *also)):
+        return
+    raise UserInputError(
+        f"{uri} is outside the allowed locations (TFOPT_ALLOWED_URI_PREFIXES="
+        f"{','.join(prefixes)}); use a URI under one of them or extend the list"
+    )
