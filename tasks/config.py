@@ -216,11 +216,37 @@ class PipelineConfig:
         return any(spec.precision == "int8" for spec in self.variants)
 
 
+RUN_KEY_HASH_CHARS = 12
+_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def run_key(run_id: str) -> str:
+    """The storage key of a run id, one-to-one: a safe id as is, else a prefix and a hash.
+
+    A run id of letters, digits, `_`, `.` and `-` (starting with a letter or digit) is its own
+    key. Any other id becomes its sanitised form, `~` and a short sha256 of the raw id: two
+    different ids never share a key (`~` never occurs in a safe id).
+
+    Raises:
+        UserInputError: the run id is empty, `.` or `..`.
+    """
+    import hashlib
+
+    if run_id.strip() in ("", ".", ".."):
+        raise UserInputError(f"run id {run_id!r} is not allowed; pass a name such as 'nightly-1'")
+    if _SAFE_RUN_ID.match(run_id):
+        return run_id
+    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_.-")[:64] or "run"
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:RUN_KEY_HASH_CHARS]
+    return f"{prefix}~{digest}"
+
+
 @dataclass(frozen=True)
 class RunContext:
-    """Where one pipeline run keeps its artifacts: `<root_uri>/<model>/<run_id>/...` in S3.
+    """Where one pipeline run keeps its artifacts: `<root_uri>/<model>/<run key>/...` in S3.
 
-    `work_dir` is this worker's local scratch space for the run.
+    `run_id` is the run's key (see `run_key`); `work_dir` is this worker's private scratch
+    space for the run (0700, under `TFOPT_WORK_DIR`).
     """
 
     run_id: str
@@ -229,30 +255,47 @@ class RunContext:
 
     @classmethod
     def create(cls, run_id: str, registered_model_name: str) -> RunContext:
-        import os
-        import tempfile
-
+        from tasks.scratch import work_root
         from tasks.storage import default_run_root
 
-        safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
+        key = run_key(run_id)
         base = default_run_root()
-        work = os.environ.get("TFOPT_WORK_DIR") or os.path.join(tempfile.gettempdir(), "tfopt")
         return cls(
-            run_id=safe_id,
-            root_uri=f"{base.rstrip('/')}/{registered_model_name}/{safe_id}",
-            work_dir=os.path.join(work, registered_model_name, safe_id),
+            run_id=key,
+            root_uri=f"{base.rstrip('/')}/{registered_model_name}/{key}",
+            work_dir=str(work_root() / registered_model_name / key),
         )
+
+    @property
+    def owner(self) -> str:
+        """Who this process is, for locks: run key, host and process id."""
+        import os
+        import socket
+
+        return f"{self.run_id}@{socket.gethostname()}:{os.getpid()}"
+
+    def champion_lock_uri(self) -> str:
+        """The lock that serialises champion decisions of this run's model."""
+        return f"{self.root_uri.rsplit('/', 1)[0]}/_champion.lock"
 
     def uri(self, *parts: str) -> str:
         return "/".join([self.root_uri, *parts])
 
     def cleanup(self) -> None:
-        """Remove this worker's scratch space of the run (published artifacts stay in S3)."""
+        """Remove this worker's scratch space of the run (published artifacts stay in S3).
+
+        Safe on any worker, any number of times, also when the scratch space was never made.
+        """
         import shutil
 
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def local(self, *parts: str) -> Path:
-        path = Path(self.work_dir, *parts)
+        """A folder in the run's private scratch space, created on first use."""
+        from tasks.scratch import private_tree
+
+        work = Path(self.work_dir)
+        scratch = private_tree(work.parent.parent, work.parent.name, work.name)
+        path = scratch.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -52,6 +52,13 @@ def optimize(
         the selection, the registration and the report's URIs.
     """
     ctx = RunContext.create(run_id or new_run_id(), config.registered_model_name)
+    try:
+        return _optimize(config, ctx, progress)
+    finally:
+        ctx.cleanup()  # on failure as well: scratch never outlives the run
+
+
+def _optimize(config: PipelineConfig, ctx: RunContext, progress: Progress | None) -> dict[str, Any]:
     steps = _Steps(total=5 + 3 * len(config.variants), progress=progress)
     started = time.perf_counter()
     export = steps.run("export", stages.export_stage, config, ctx)
@@ -95,7 +102,6 @@ def optimize(
     report = steps.run(
         "report", stages.report_stage, config, ctx, summaries, selection, registration, data
     )
-    ctx.cleanup()
     return {
         "run_id": ctx.run_id,
         "root_uri": ctx.root_uri,

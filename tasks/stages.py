@@ -37,18 +37,32 @@ CHAMPION_MIN_GAIN = 0.05
 stability tolerance), so two measurements of the same model do not swap the alias."""
 
 
-def _published(uri: str, stage: str, variant: str = "") -> StageResult | None:
+def _published(
+    uri: str, stage: str, variant: str = "", *, config: PipelineConfig, ctx: RunContext
+) -> StageResult | None:
+    """The stage's published result, when it was made from this run's inputs.
+
+    Raises:
+        UserInputError: it was published under this run id from other inputs.
+    """
+    from tasks.lineage import check_reuse, stage_inputs
+
     manifest = storage.read_manifest(uri)
     if manifest is None or "result" not in manifest.metadata:
         return None
+    current = stage_inputs(config, stage, variant)
+    check_reuse(manifest.metadata.get("inputs"), current, run_id=ctx.run_id, uri=uri)
     logger.info(
         "%s%s already published at %s; reusing it", stage, f" {variant}" if variant else "", uri
     )
     return StageResult.from_dict(manifest.metadata["result"])
 
 
-def _publish(local_dir: Path, uri: str, result: StageResult) -> StageResult:
-    storage.publish_tree(local_dir, uri, metadata={"result": result.to_dict()})
+def _publish(local_dir: Path, uri: str, result: StageResult, config: PipelineConfig) -> StageResult:
+    from tasks.lineage import stage_inputs
+
+    inputs = stage_inputs(config, result.stage, result.variant or "")
+    storage.publish_tree(local_dir, uri, metadata={"result": result.to_dict(), "inputs": inputs})
     return result
 
 
@@ -65,7 +79,7 @@ def export_stage(config: PipelineConfig, ctx: RunContext) -> StageResult:
     from tasks.export import export_model
 
     uri = ctx.uri("export")
-    if done := _published(uri, "export"):
+    if done := _published(uri, "export", config=config, ctx=ctx):
         return done
     set_tf_threads(config.num_threads)
     out_dir, signature, source_digest = export_model(config.model_uri, ctx.local("export-work"))
@@ -80,7 +94,7 @@ def export_stage(config: PipelineConfig, ctx: RunContext) -> StageResult:
             "size_bytes": directory_size(out_dir / "saved_model"),
         },
     )
-    return _publish(out_dir, uri, result)
+    return _publish(out_dir, uri, result, config)
 
 
 # --- data + reference outputs -----------------------------------------------------------------
@@ -171,7 +185,7 @@ def prepare_data_stage(config: PipelineConfig, ctx: RunContext, export: StageRes
     from tasks.datasets import check_truth, open_dataset
 
     uri = ctx.uri("data")
-    if done := _published(uri, "data"):
+    if done := _published(uri, "data", config=config, ctx=ctx):
         return done
     set_tf_threads(config.num_threads)
     saved_model, declared = _fetch_export(export, ctx)
@@ -211,7 +225,7 @@ def prepare_data_stage(config: PipelineConfig, ctx: RunContext, export: StageRes
             "reference_batches": batches,
         },
     )
-    return _publish(out_dir, uri, result)
+    return _publish(out_dir, uri, result, config)
 
 
 def data_plan(config: PipelineConfig, ctx: RunContext, data: StageResult) -> DataPlan:
@@ -299,7 +313,7 @@ def _convert(
 
     spec = VariantSpec.parse(variant)
     uri = ctx.uri("variants", spec.slug, "model")
-    if done := _published(uri, "convert", variant):
+    if done := _published(uri, "convert", variant, config=config, ctx=ctx):
         return done
     backend = get_backend(spec.backend)
     reason = backend.available()
@@ -351,7 +365,7 @@ def _convert(
             "summary": conversion.summary,
         },
     )
-    return _publish(conversion.artifact_dir, uri, result)
+    return _publish(conversion.artifact_dir, uri, result, config)
 
 
 def _reference_samples(reference_dir: Path, count: int) -> list[dict[str, np.ndarray]]:
@@ -418,7 +432,7 @@ def _validate(
 
     spec = VariantSpec.parse(conversion.variant)
     uri = ctx.uri("variants", spec.slug, "validation")
-    if done := _published(uri, "validate", spec.name):
+    if done := _published(uri, "validate", spec.name, config=config, ctx=ctx):
         return done
     plan = data_plan(config, ctx, data)
     runner = _load_variant(config, ctx, conversion, plan)
@@ -442,7 +456,7 @@ def _validate(
         uris={"validation": f"{uri}/validation.json"},
         metrics=report.to_dict(),
     )
-    return _publish(out_dir, uri, result)
+    return _publish(out_dir, uri, result, config)
 
 
 def validate_stage(
@@ -469,7 +483,7 @@ def _benchmark(
 
     spec = VariantSpec.parse(conversion.variant)
     uri = ctx.uri("variants", spec.slug, "benchmark")
-    if done := _published(uri, "benchmark", spec.name):
+    if done := _published(uri, "benchmark", spec.name, config=config, ctx=ctx):
         return done
     plan = data_plan(config, ctx, data)
     runner = _load_variant(config, ctx, conversion, plan)
@@ -506,7 +520,7 @@ def _benchmark(
         uris={"benchmark": f"{uri}/benchmark.json"},
         metrics=metrics,
     )
-    return _publish(out_dir, uri, result)
+    return _publish(out_dir, uri, result, config)
 
 
 def benchmark_stage(
@@ -610,6 +624,29 @@ def _version_tags(
     return tags
 
 
+def _tag_number(tags: dict[str, str], key: str, default: float) -> float:
+    try:
+        return float(tags.get(key) or default)
+    except ValueError:
+        return default
+
+
+def _champion_variant_uri(ctx: RunContext, champion: Any) -> str:
+    """The champion's `variant_uri` tag, only when it lies under this model's run root.
+
+    Raises:
+        UserInputError: the tag points elsewhere (a forged or foreign tag is never followed).
+    """
+    uri = str((champion.tags or {}).get("variant_uri", ""))
+    model_root = ctx.root_uri.rsplit("/", 1)[0]
+    if not storage.is_under(uri, model_root):
+        raise UserInputError(
+            f"champion v{champion.version}'s variant_uri {uri!r} lies outside {model_root}; "
+            "it is not followed"
+        )
+    return uri
+
+
 def _champion_now(
     config: PipelineConfig,
     ctx: RunContext,
@@ -626,21 +663,25 @@ def _champion_now(
     from tasks.backends import get_backend
     from tasks.benchmark import BenchmarkSettings, benchmark_variant
     from tasks.datasets import sample_feeds
+    from tasks.errors import TransientError
 
     tags = champion.tags or {}
     recorded = {
         "version": champion.version,
         "hardware_class": tags.get("hardware_class"),
-        "p50_ms": float(tags.get("p50_ms_batch_1") or "inf"),
-        "throughput": float(tags.get("throughput") or 0),
+        "p50_ms": _tag_number(tags, "p50_ms_batch_1", float("inf")),
+        "throughput": _tag_number(tags, "throughput", 0.0),
     }
     try:
         spec = VariantSpec.parse(tags["variant"])
-        local = storage.fetch_tree(tags["variant_uri"], ctx.local("champion", champion.version))
+        variant_uri = _champion_variant_uri(ctx, champion)
+        local = storage.fetch_tree(variant_uri, ctx.local("champion", champion.version))
         plan = data_plan(config, ctx, data)
         runner = get_backend(spec.backend).load(Path(local), plan.signature, config.num_threads)
         feeds = {1: sample_feeds(plan.eval_data, 1, BENCHMARK_DISTINCT_BATCHES)}
         report = benchmark_variant(runner, feeds, BenchmarkSettings())[1]
+    except TransientError:
+        raise
     except Exception as exc:  # noqa: BLE001 - fall back to the champion's recorded figures
         logger.warning(
             "could not re-measure champion v%s (%s); using its tags", champion.version, exc
@@ -663,9 +704,11 @@ def register_stage(
     rows: list[dict[str, Any]],
     selection: dict[str, Any],
 ) -> StageResult:
-    """Log the runs, register the chosen variant as a new model version, set the aliases."""
-    import mlflow
+    """Log the runs, register the chosen variant as a new model version, set the aliases.
 
+    Idempotent per run: a retry finds the version this run registered; the champion decision is
+    taken once, under the model's champion lock, and recorded on the version.
+    """
     from tasks import registry
     from tasks.select import beats_champion
 
@@ -673,32 +716,36 @@ def register_stage(
     parent = registry.parent_run(config, ctx)
     variant_runs = registry.log_variant_runs(config, ctx, parent, rows)
     row = next(r for r in rows if r["variant"] == selection["chosen"])
-    champion = registry.current_champion(name)
     version = registry.find_version(name, ctx.run_id)
     if version is None:
         variant_dir = Path(storage.fetch_tree(row["model_uri"], ctx.local("fetched", "chosen")))
         data_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
-        with mlflow.start_run(run_id=variant_runs[row["variant"]]):
-            model_uri = registry.log_pyfunc(
-                variant_dir,
-                data_dir,  # signature.json with the dims the data fixed
-                row,
-                _example_input(config, ctx, data),
-                config.num_threads,
-            )
+        model_uri = registry.log_pyfunc(
+            variant_runs[row["variant"]],
+            variant_dir,
+            data_dir,  # signature.json with the dims the data fixed
+            row,
+            _example_input(config, ctx, data),
+            config.num_threads,
+        )
         version = registry.register_version(
             name, model_uri, _version_tags(config, ctx, row, export, data, selection)
         )
-    if champion is not None and champion.version == version.version:
-        promote, why = True, f"v{version.version} is already the champion"
-    else:
+
+    def decide(champion: Any) -> tuple[bool, str]:
+        if champion is not None and champion.version == version.version:
+            return True, f"v{version.version} is already the champion"
         previous = (
             _champion_now(config, ctx, champion, export, data, row["hardware_class"])
             if champion
             else None
         )
-        promote, why = beats_champion(row, previous, config.objective, min_gain=CHAMPION_MIN_GAIN)
-    registry.set_aliases(name, version.version, promote)
+        return beats_champion(row, previous, config.objective, min_gain=CHAMPION_MIN_GAIN)
+
+    decided = registry.recorded_decision(version)
+    promote, why = decided or registry.decide_aliases(
+        name, version, decide, ctx.champion_lock_uri(), ctx.owner
+    )
     logger.info("registered %s v%s (%s); champion: %s", name, version.version, row["variant"], why)
     experiment_id, parent_id = parent
     return StageResult(
@@ -754,12 +801,11 @@ def report_stage(
     data: StageResult,
 ) -> StageResult:
     """Write the comparison table and plots, publish them to S3 and to the MLflow run."""
-    from mlflow.tracking import MlflowClient
-
+    from tasks import registry
     from tasks.report import write_report
 
     uri = ctx.uri("reports")
-    if done := _published(uri, "report"):
+    if done := _published(uri, "report", config=config, ctx=ctx):
         return done
     latencies: dict[str, list[float]] = {}
     hardware: dict[str, Any] = {}
@@ -777,11 +823,7 @@ def report_stage(
         latencies,
         out_dir,
     )
-    client = MlflowClient()
-    parent_run_id = registration.metrics["mlflow_run_id"]
-    for path in paths.values():
-        client.log_artifact(parent_run_id, str(path), "report")
-    client.set_terminated(parent_run_id, "FINISHED")
+    registry.attach_report(registration.metrics["mlflow_run_id"], list(paths.values()))
     result = StageResult(
         stage="report",
         status=Status.OK,
@@ -789,4 +831,4 @@ def report_stage(
         uris={"report_uri": uri, **{k: f"{uri}/{Path(p).name}" for k, p in paths.items()}},
         metrics={"variants": len(summaries)},
     )
-    return _publish(out_dir, uri, result)
+    return _publish(out_dir, uri, result, config)
