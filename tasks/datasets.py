@@ -19,6 +19,7 @@ import numpy as np
 from tasks import storage
 from tasks.errors import UserInputError
 from tasks.metrics import GROUND_TRUTH_ARRAYS
+from tasks.shard_limits import check_shards
 from tasks.signature import Signature, TensorInfo
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,7 @@ def open_dataset(
     shards = tuple(sorted(local.rglob("*.npz"))) if local.is_dir() else (local,)
     if not shards or shards[0].suffix != ".npz":
         raise UserInputError(f"no .npz shards found at {uri}; a data set is a folder of .npz")
+    check_shards(shards, uri)
     digest = _digest(shards)
     if checked is not None:
         if digest != checked.digest:
