@@ -163,10 +163,29 @@ def ensure_credentials(config: StackConfig) -> tuple[str, str]:
     access_key = "TFOPT" + secrets.token_hex(8).upper()[:15]
     secret_key = secrets.token_urlsafe(30)
     template = string.Template((HERE / "s3.json.template").read_text())
-    config.stack_dir.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(template.substitute(access_key=access_key, secret_key=secret_key))
+    private_dir(config.stack_dir)
+    write_private(path, template.substitute(access_key=access_key, secret_key=secret_key))
     return access_key, secret_key
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` if needed and make it 0700, on every call (it holds credentials)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` by a new 0600 file holding `text` (an old file's mode is never kept)."""
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def stack_env(config: StackConfig, credentials: tuple[str, str]) -> dict[str, str]:
@@ -217,8 +236,8 @@ def render_env(env: dict[str, str]) -> str:
 
 
 def write_env_file(config: StackConfig, env: dict[str, str]) -> None:
-    config.env_file.touch(mode=0o600)
-    config.env_file.write_text(render_env(env))
+    private_dir(config.env_file.parent)
+    write_private(config.env_file, render_env(env))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -553,6 +572,7 @@ def stop_service(service: Service, config: StackConfig) -> bool:
 
 def _prepare(config: StackConfig) -> dict[str, str]:
     """Create the stack dir layout, credentials, stack.json and stack.env; return the env."""
+    private_dir(config.stack_dir)
     for folder in (config.run_dir, config.log_dir, config.airflow_home):
         folder.mkdir(parents=True, exist_ok=True)
     _check_recorded(config)
