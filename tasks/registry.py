@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 RUN_ID_TAG = "tfopt.run_id"
 VARIANT_TAG = "tfopt.variant"
+MODEL_TAG = "tfopt.model"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 COMPLETE_TAG = "tfopt.complete"
@@ -145,7 +146,8 @@ def parent_run(config: PipelineConfig, ctx: RunContext) -> tuple[str, str]:
     mlflow_client = client()
     with mlflow_errors(f"open the experiment {experiment_name(config)}"):
         experiment = mlflow.set_experiment(experiment_name(config))
-    run = _find_run(mlflow_client, experiment.experiment_id, {RUN_ID_TAG: ctx.run_id})
+    tags = {RUN_ID_TAG: ctx.run_id, MODEL_TAG: config.registered_model_name}
+    run = _find_run(mlflow_client, experiment.experiment_id, tags)  # variant runs lack MODEL_TAG
     if run is not None and (run.data.tags or {}).get(COMPLETE_TAG) == "true":
         return experiment.experiment_id, run.info.run_id
     if run is None:
@@ -153,7 +155,7 @@ def parent_run(config: PipelineConfig, ctx: RunContext) -> tuple[str, str]:
             run = mlflow_client.create_run(
                 experiment.experiment_id,
                 run_name=f"optimize {ctx.run_id}",
-                tags={RUN_ID_TAG: ctx.run_id, "tfopt.model": config.registered_model_name},
+                tags=tags,
             )
     else:
         logger.info("resuming the interrupted MLflow run %s", run.info.run_id)
