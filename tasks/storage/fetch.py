@@ -44,7 +44,8 @@ def fetch_tree(
     if manifest is not None:
         return _fetch_published(uri, manifest, Path(local_dir))
     bucket, prefix = parse_s3_uri(uri)
-    _refuse_containers(uri, prefix)
+    if not require_manifest:
+        _refuse_containers(uri, prefix)
     if prefix and _object_exists(bucket, prefix, uri):
         if require_manifest:
             raise UserInputError(
