@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,6 +70,44 @@ class S3Settings:
         )
 
 
+_CREDENTIAL_FIELD = re.compile(r"(Credential=|X-Amz-Credential=|AWSAccessKeyId=)[^/&,\s'\"]+")
+_BOTOCORE_LOGGERS = (
+    "botocore.endpoint",
+    "botocore.auth",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.hooks",
+    "botocore.retryhandler",
+    "botocore.awsrequest",
+)
+
+
+class MaskCredentials(logging.Filter):
+    """Mask access key ids in botocore's debug records (request headers, signing steps)."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = _CREDENTIAL_FIELD.sub(r"\1***", text)
+        for secret in self.secrets:
+            masked = masked.replace(secret, "***")
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def _mask_botocore_logs(settings: S3Settings) -> None:
+    mask = MaskCredentials((settings.access_key_id or "", settings.secret_access_key or ""))
+    for name in _BOTOCORE_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, MaskCredentials)]:
+            logger.removeFilter(old)
+        logger.addFilter(mask)
+
+
 def s3_client(settings: S3Settings | None = None) -> Any:
     """A boto3 S3 client for `settings` (default: from the environment), cached per settings."""
     return _cached_client(settings or S3Settings.from_env())
@@ -91,6 +131,7 @@ def _cached_client(settings: S3Settings) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+    _mask_botocore_logs(settings)
     session = boto3.session.Session(
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_access_key,

@@ -379,3 +379,12 @@ def test_local_json_and_delete(tmp_path):
     assert storage.exists(uri) and storage.list_keys(tmp_path / "reports") == ["summary.json"]
     storage.delete_tree(tmp_path / "reports")
     assert not storage.exists(uri)
+
+
+def test_botocore_debug_logs_never_show_the_access_key(s3, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    storage.exists(f"s3://{BUCKET}/anything")
+    assert "Credential=***" in caplog.text
+    assert "testing/" not in caplog.text  # the key id in the Authorization header
