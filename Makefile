@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 STACK := .venv/bin/python infra/local/stack.py
 STACK_ENV := $(or $(TFOPT_STACK_DIR),$(CURDIR)/.stack)/stack.env
 
-.PHONY: help install demo test up down status lint format bench
+.PHONY: help install demo test test-faults up down status lint format bench
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,7 +26,10 @@ demo: install  ## start the local stack, train the demo model, optimise it, prin
 
 test: install  ## run the test suite against a real local stack (started and stopped by the tests)
 	@bash infra/local/install-browser.sh
-	@.venv/bin/pytest tests
+	@.venv/bin/pytest tests --ignore=tests/faults
+
+test-faults: install  ## inject faults into a real local stack (S3/MLflow stops, 500s, kills, races)
+	@.venv/bin/pytest tests/faults
 
 up: install  ## start S3 + MLflow + the Airflow UI on localhost:8080 and print the login
 	@$(STACK) up

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tasks import storage
-from tasks.errors import TransientError, UserInputError
+from tasks.errors import TransientError
+from tests.faults.readers import half_published_trusted
 
 pytestmark = pytest.mark.faults
 
@@ -22,18 +23,6 @@ def _tree(root: Path, files: int = 24, size: int = 64 * 1024) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rng.bytes(size))
     return root
-
-
-def _half_published_trusted(uri: str, local: Path) -> int:
-    """1 when a reader accepts the tree at `uri`, which has no manifest yet; else 0."""
-    if storage.read_manifest(uri) is not None:
-        return 1
-    try:
-        storage.fetch_tree(uri, local)
-    except UserInputError as exc:
-        assert "never published completely" in str(exc)
-        return 0
-    return 1
 
 
 def test_s3_stopped_mid_publish(local_stack, outcome, tmp_path, monkeypatch):
@@ -62,7 +51,7 @@ def test_s3_stopped_mid_publish(local_stack, outcome, tmp_path, monkeypatch):
     assert started.returncode == 0, started.stdout + started.stderr
     monkeypatch.setattr(client, "upload_file", original)
     assert 0 < len(storage.list_keys(uri)) < 24  # a partial tree is really there
-    outcome.trusted = _half_published_trusted(uri, tmp_path / "reader")
+    outcome.trusted = half_published_trusted(uri, tmp_path / "reader")
     assert outcome.trusted == 0
 
     manifest = storage.publish_tree(tree, uri)  # the retry
