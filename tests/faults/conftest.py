@@ -103,10 +103,12 @@ def prepared(local_stack, tiny_bundle, tmp_path_factory) -> Prepared:
     data = stages.prepare_data_stage(config, ctx, export)
     conversions, validations, benchmarks = [], [], []
     for spec in config.variants:
-        conversion = stages.convert_stage(config, ctx, spec.name, export)
+        conversion = stages.convert_stage(config, ctx, spec.name, export, data)
         conversions.append(conversion)
         validations.append(stages.validate_stage(config, ctx, conversion, export, data))
         benchmarks.append(stages.benchmark_stage(config, ctx, conversion, export, data))
-    rows = stages.collect_rows(conversions, validations, benchmarks)
+    summaries = stages.collect_summaries(conversions, validations, benchmarks)
+    selection, summaries = stages.select_stage(config, summaries)
+    rows = [summary.to_dict() for summary in summaries]
     assert [row["status"] for row in rows] == ["OK", "OK"], rows
-    return Prepared(config, ctx, export, data, rows, stages.select_stage(config, rows))
+    return Prepared(config, ctx, export, data, rows, selection)

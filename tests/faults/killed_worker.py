@@ -41,6 +41,7 @@ def main(spec_path: str) -> None:
     config = PipelineConfig.from_params(spec["config"])
     ctx = RunContext.create(spec["run_id"], config.registered_model_name)
     export = StageResult.from_dict(spec["export"])
+    data = StageResult.from_dict(spec["data"])
     point = spec["die"]
     if point == "mid-upload":
         _after(storage.s3_client(), "upload_file")
@@ -51,9 +52,8 @@ def main(spec_path: str) -> None:
     elif point == "after-version-registered":
         _after(registry, "register_version")
     if spec["stage"] == "convert":
-        stages.convert_stage(config, ctx, spec["variant"], export)
+        stages.convert_stage(config, ctx, spec["variant"], export, data)
     else:
-        data = StageResult.from_dict(spec["data"])
         stages.register_stage(config, ctx, export, data, spec["rows"], spec["selection"])
     sys.exit(3)  # reaching this point means the fault was never injected
 

@@ -51,6 +51,7 @@ def test_worker_killed_mid_convert(prepared, local_stack, outcome, tmp_path):
         "run_id": "killed",
         "variant": FAST,
         "export": prepared.export.to_dict(),
+        "data": prepared.data.to_dict(),
     }
     assert _run_killed(spec, tmp_path) == -9
     outcome.faults = 1
@@ -59,7 +60,9 @@ def test_worker_killed_mid_convert(prepared, local_stack, outcome, tmp_path):
     assert storage.list_keys(uri)  # the killed worker left a partial tree
     outcome.trusted = half_published_trusted(uri, tmp_path / "reader")
     assert outcome.trusted == 0
-    result = stages.convert_stage(config, ctx, FAST, prepared.export)  # the retried task
+    result = stages.convert_stage(
+        config, ctx, FAST, prepared.export, prepared.data
+    )  # the retried task
     outcome.survived = int(result.status.value == "OK")
     manifest = storage.read_manifest(uri)
     assert manifest is not None and result.uris["model"] == uri
@@ -67,7 +70,7 @@ def test_worker_killed_mid_convert(prepared, local_stack, outcome, tmp_path):
     fetched = storage.fetch_tree(uri, tmp_path / "fetched")
     assert storage.digest_tree(fetched) == manifest.files
     # The retry finds its output: a second call publishes nothing new.
-    assert stages.convert_stage(config, ctx, FAST, prepared.export) == result
+    assert stages.convert_stage(config, ctx, FAST, prepared.export, prepared.data) == result
 
 
 @pytest.mark.parametrize("die", ["after-parent-run-created", "after-version-registered"])

@@ -48,14 +48,15 @@ def test_credentials_never_leave_the_environment(prepared, local_stack, outcome,
     data = stages.prepare_data_stage(config, ctx, export)
     results = [export, data]
     for spec in config.variants:
-        conversion = stages.convert_stage(config, ctx, spec.name, export)
+        conversion = stages.convert_stage(config, ctx, spec.name, export, data)
         results += [
             conversion,
             stages.validate_stage(config, ctx, conversion, export, data),
             stages.benchmark_stage(config, ctx, conversion, export, data),
         ]
-    rows = stages.collect_rows(*(results[2 + i :: 3] for i in range(3)))
-    selection = stages.select_stage(config, rows)
+    summaries = stages.collect_summaries(*(results[2 + i :: 3] for i in range(3)))
+    selection, summaries = stages.select_stage(config, summaries)
+    rows = [summary.to_dict() for summary in summaries]
     registration = stages.register_stage(config, ctx, export, data, rows, selection)
     outcome.survived = 1
     haystacks = {
