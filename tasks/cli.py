@@ -211,7 +211,9 @@ def _run_show(args: argparse.Namespace) -> int:
 
     runs = list_runs(args.registered_model_name, limit=10_000)
     if args.run_id:
-        runs = [run for run in runs if run.run_id == args.run_id]
+        from tasks.config import run_key
+
+        runs = [run for run in runs if run.run_id in (args.run_id, run_key(args.run_id))]
     if not runs:
         raise UserInputError(
             f"no published run of {args.registered_model_name!r}"

@@ -11,7 +11,13 @@ from tasks.errors import UserInputError
 from tasks.storage.cache import _cached_entry, _link_tree, cache_root
 from tasks.storage.download import _download_object, _download_prefix, _download_verified
 from tasks.storage.manifest import MANIFEST_NAME, Manifest, _verify_tree, read_manifest
-from tasks.storage.s3 import _list_relative, _object_exists, _total_bytes, default_run_root
+from tasks.storage.s3 import (
+    _list_relative,
+    _object_bytes,
+    _object_exists,
+    _total_bytes,
+    default_run_root,
+)
 from tasks.storage.uris import _local_path, check_allowed, is_s3, is_under, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ def fetch_tree(
                 f"{uri} is a single object, not a published tree; pass require_manifest=False "
                 "to fetch a user-provided file"
             )
+        _check_size(_object_bytes(bucket, prefix, uri), uri)
         return _download_object(bucket, prefix, Path(local_dir) / PurePosixPath(prefix).name, uri)
     names = _list_relative(bucket, prefix, uri)
     if not names:

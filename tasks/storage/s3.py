@@ -276,6 +276,12 @@ def _list_with_times(bucket: str, prefix: str, uri: str) -> list[tuple[str, date
     return sorted(objects)
 
 
+def _object_bytes(bucket: str, key: str, uri: str) -> int:
+    """The size of one object."""
+    with _s3_errors(uri, "read"):
+        return int(s3_client().head_object(Bucket=bucket, Key=key).get("ContentLength", 0))
+
+
 def _total_bytes(bucket: str, prefix: str, uri: str) -> int:
     """The summed size of every object under `prefix/`."""
     total = 0

@@ -55,6 +55,10 @@ def test_an_oversized_folder_is_refused_before_download(s3, tmp_path, monkeypatc
     monkeypatch.setenv("TFOPT_MAX_FETCH_GB", str(500 / 1024**3))
     with pytest.raises(UserInputError, match="TFOPT_MAX_FETCH_GB"):
         storage.fetch_tree(f"s3://{BUCKET}/models/m", tmp_path / "dl", require_manifest=False)
+    with pytest.raises(UserInputError, match="TFOPT_MAX_FETCH_GB"):  # a single model file too
+        storage.fetch_tree(
+            f"s3://{BUCKET}/models/m/saved_model.pb", tmp_path / "dl", require_manifest=False
+        )
     monkeypatch.setenv("TFOPT_MAX_FETCH_GB", "1")
     got = storage.fetch_tree(f"s3://{BUCKET}/models/m", tmp_path / "dl", require_manifest=False)
     assert (got / "saved_model.pb").stat().st_size == 1000
