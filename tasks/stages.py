@@ -696,6 +696,32 @@ def _champion_now(
     }
 
 
+def _new_version(
+    config: PipelineConfig,
+    ctx: RunContext,
+    export: StageResult,
+    data: StageResult,
+    row: dict[str, Any],
+    selection: dict[str, Any],
+    variant_run_id: str,
+) -> Any:
+    """Log the chosen variant as a pyfunc model in its MLflow run and register it."""
+    from tasks import registry
+
+    variant_dir = Path(storage.fetch_tree(row["model_uri"], ctx.local("fetched", "chosen")))
+    data_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
+    model_uri = registry.log_pyfunc(
+        variant_run_id,
+        variant_dir,
+        data_dir,  # signature.json with the dims the data fixed
+        row,
+        _example_input(config, ctx, data),
+        config.num_threads,
+    )
+    tags = _version_tags(config, ctx, row, export, data, selection)
+    return registry.register_version(config.registered_model_name, model_uri, tags)
+
+
 def register_stage(
     config: PipelineConfig,
     ctx: RunContext,
@@ -716,21 +742,9 @@ def register_stage(
     parent = registry.parent_run(config, ctx)
     variant_runs = registry.log_variant_runs(config, ctx, parent, rows)
     row = next(r for r in rows if r["variant"] == selection["chosen"])
-    version = registry.find_version(name, ctx.run_id)
-    if version is None:
-        variant_dir = Path(storage.fetch_tree(row["model_uri"], ctx.local("fetched", "chosen")))
-        data_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
-        model_uri = registry.log_pyfunc(
-            variant_runs[row["variant"]],
-            variant_dir,
-            data_dir,  # signature.json with the dims the data fixed
-            row,
-            _example_input(config, ctx, data),
-            config.num_threads,
-        )
-        version = registry.register_version(
-            name, model_uri, _version_tags(config, ctx, row, export, data, selection)
-        )
+    version = registry.find_version(name, ctx.run_id) or _new_version(
+        config, ctx, export, data, row, selection, variant_runs[row["variant"]]
+    )
 
     def decide(champion: Any) -> tuple[bool, str]:
         if champion is not None and champion.version == version.version:
@@ -742,24 +756,31 @@ def register_stage(
         )
         return beats_champion(row, previous, config.objective, min_gain=CHAMPION_MIN_GAIN)
 
-    decided = registry.recorded_decision(version)
-    promote, why = decided or registry.decide_aliases(
+    promote, why = registry.recorded_decision(version) or registry.decide_aliases(
         name, version, decide, ctx.champion_lock_uri(), ctx.owner
     )
     logger.info("registered %s v%s (%s); champion: %s", name, version.version, row["variant"], why)
+    return _registration(name, row["variant"], str(version.version), parent, promote, why)
+
+
+def _registration(
+    name: str, variant: str, version: str, parent: tuple[str, str], promote: bool, why: str
+) -> StageResult:
+    from tasks import registry
+
     experiment_id, parent_id = parent
     return StageResult(
         stage="register",
         status=Status.OK,
-        variant=row["variant"],
+        variant=variant,
         uris={
-            "model": f"models:/{name}/{version.version}",
+            "model": f"models:/{name}/{version}",
             "mlflow_run_url": registry.run_url(experiment_id, parent_id),
-            "model_version_url": registry.model_version_url(name, version.version),
+            "model_version_url": registry.model_version_url(name, version),
         },
         metrics={
             "registered_model_name": name,
-            "model_version": str(version.version),
+            "model_version": version,
             "champion": promote,
             "champion_reason": why,
             "mlflow_experiment_id": experiment_id,
