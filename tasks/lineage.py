@@ -20,6 +20,8 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 """The run parameters each stage's output depends on; a stage not listed depends on all."""
 HOLDOUT_DEPENDENT = ("data", "convert", "validate")
+PER_VARIANT = ("convert", "validate", "benchmark")
+"""Stages published once per variant: the variant is one of their inputs."""
 """Stages whose inputs change when eval samples are held out for INT8 calibration."""
 
 
@@ -30,7 +32,7 @@ def stage_inputs(config: PipelineConfig, stage: str, variant: str = "") -> dict[
     used = {name: params.get(name) for name in names}
     if stage in HOLDOUT_DEPENDENT:
         used["needs_calibration"] = bool(getattr(config, "needs_calibration", False))
-    if variant:
+    if variant and stage in PER_VARIANT:
         used["variant"] = variant
     text = json.dumps(used, sort_keys=True, default=str)
     return {"params": used, "digest": hashlib.sha256(text.encode()).hexdigest()}

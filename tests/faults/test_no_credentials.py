@@ -42,6 +42,7 @@ def test_credentials_never_leave_the_environment(prepared, local_stack, outcome,
         "AWS_ACCESS_KEY_ID": local_stack.env["AWS_ACCESS_KEY_ID"],
     }
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="botocore")
     config = dataclasses.replace(prepared.config, registered_model_name=new_model_name("creds"))
     ctx = RunContext.create("creds", config.registered_model_name)
     export = stages.export_stage(config, ctx)

@@ -114,6 +114,20 @@ def test_a_run_id_reused_with_another_model_is_refused(monkeypatch, tmp_path):
         stages._published(ctx.uri("export"), "export", config=_config(tmp_path, "b"), ctx=ctx)
 
 
+def test_a_whole_run_stage_naming_a_variant_is_reused(monkeypatch, tmp_path):
+    from tasks import stages
+    from tasks.results import StageResult, Status
+
+    monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
+    ctx = RunContext.create("r", "demo")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("<html/>")
+    result = StageResult("report", Status.OK, variant="tflite:fp32")  # the chosen variant
+    stages._publish(out, ctx.uri("reports"), result, _config(tmp_path))
+    assert stages._published(ctx.uri("reports"), "report", config=_config(tmp_path), ctx=ctx)
+
+
 def test_a_stage_published_without_its_inputs_is_not_trusted(monkeypatch, tmp_path):
     from tasks import stages
     from tasks.results import StageResult, Status
