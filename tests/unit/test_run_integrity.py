@@ -95,7 +95,7 @@ def _config(tmp_path: Path, model: str = "model-a") -> PipelineConfig:
 
 
 def test_a_run_id_reused_with_another_model_is_refused(monkeypatch, tmp_path):
-    from tasks import stages
+    from tasks.stages import common as stages
     from tasks.results import StageResult, Status
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
