@@ -115,7 +115,7 @@ def test_a_run_id_reused_with_another_model_is_refused(monkeypatch, tmp_path):
 
 
 def test_a_whole_run_stage_naming_a_variant_is_reused(monkeypatch, tmp_path):
-    from tasks import stages
+    from tasks.stages import common as stages
     from tasks.results import StageResult, Status
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
@@ -129,7 +129,7 @@ def test_a_whole_run_stage_naming_a_variant_is_reused(monkeypatch, tmp_path):
 
 
 def test_a_stage_published_without_its_inputs_is_not_trusted(monkeypatch, tmp_path):
-    from tasks import stages
+    from tasks.stages import common as stages
     from tasks.results import StageResult, Status
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
@@ -147,7 +147,7 @@ def test_a_stage_published_without_its_inputs_is_not_trusted(monkeypatch, tmp_pa
 def test_a_forged_champion_variant_uri_is_not_followed(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from tasks import stages
+    from tasks.stages import register as stages
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", "s3://tfopt/runs")
     ctx = RunContext.create("r1", "demo")
