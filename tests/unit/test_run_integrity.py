@@ -95,8 +95,8 @@ def _config(tmp_path: Path, model: str = "model-a") -> PipelineConfig:
 
 
 def test_a_run_id_reused_with_another_model_is_refused(monkeypatch, tmp_path):
-    from tasks.stages import common as stages
     from tasks.results import StageResult, Status
+    from tasks.stages import common as stages
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
     monkeypatch.setenv("TFOPT_WORK_DIR", str(tmp_path / "work"))
@@ -115,8 +115,8 @@ def test_a_run_id_reused_with_another_model_is_refused(monkeypatch, tmp_path):
 
 
 def test_a_whole_run_stage_naming_a_variant_is_reused(monkeypatch, tmp_path):
-    from tasks.stages import common as stages
     from tasks.results import StageResult, Status
+    from tasks.stages import common as stages
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
     ctx = RunContext.create("r", "demo")
@@ -129,8 +129,8 @@ def test_a_whole_run_stage_naming_a_variant_is_reused(monkeypatch, tmp_path):
 
 
 def test_a_stage_published_without_its_inputs_is_not_trusted(monkeypatch, tmp_path):
-    from tasks.stages import common as stages
     from tasks.results import StageResult, Status
+    from tasks.stages import common as stages
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", str(tmp_path / "runs"))
     ctx = RunContext.create("old", "demo")
