@@ -176,3 +176,56 @@ def test_mlflow_artifacts_land_in_the_s3_bucket(local_stack, tmp_path):
         assert mlflow.get_run(run_id).data.metrics["p50_ms"] == 3.1
     finally:
         mlflow.delete_experiment(experiment_id)
+
+
+SERVICE_SCRIPT = """
+setsid bash -c 'echo $$ > escapee.pid; exec sleep 300' &  # left its session: the /proc scan
+set -m                                   # later background jobs get process groups of their own
+sleep 300 & echo $! > task.pid           # like an Airflow task process: own group, same session
+bash -c 'trap "" TERM; echo $$ > stubborn.pid; while true; do sleep 1; done' &
+wait
+"""
+PID_FILES = ("escapee.pid", "task.pid", "stubborn.pid")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_down_kills_the_session_its_process_groups_and_escapees(tmp_path):
+    """What a service spawned dies with it, wherever it moved; then nothing is left."""
+    from infra.local.processes import kill_survivors, spawn, stop_service, survivors
+    from infra.local.services import Service
+    from infra.local.stack_config import StackConfig
+
+    config = StackConfig(stack_dir=tmp_path)
+    config.run_dir.mkdir()
+    config.log_dir.mkdir()
+    service = Service(
+        name="fake",
+        port=None,
+        port_var="-",
+        url="-",
+        command=["bash", "-c", SERVICE_SCRIPT],
+        healthy=lambda: True,
+        start_timeout_s=5,
+        stop_timeout_s=3,
+    )
+    leader = spawn(service, config, {}).pid
+    deadline = time.monotonic() + 10
+    while not all((tmp_path / name).exists() for name in PID_FILES):
+        assert time.monotonic() < deadline, "the fake service did not start its children"
+        time.sleep(0.1)
+    time.sleep(0.2)  # the files are written; let the writers finish
+    escapee, *in_session = (int((tmp_path / name).read_text()) for name in PID_FILES)
+    assert all(_alive(pid) for pid in (escapee, *in_session))
+    assert stop_service(service, config)
+    assert not _alive(leader) and not any(_alive(pid) for pid in in_session)
+    assert _alive(escapee), "the setsid escapee is outside the session"
+    found = kill_survivors(config, grace_s=2)
+    assert [pid for pid, _ in found] == [escapee]
+    assert not _alive(escapee) and survivors(config) == []
