@@ -12,10 +12,10 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 STACK := .venv/bin/python infra/local/stack.py
 STACK_ENV := $(or $(TFOPT_STACK_DIR),$(CURDIR)/.stack)/stack.env
 
-.PHONY: help install demo test test-faults up down status lint format bench
+.PHONY: help install demo test test-faults test-cluster up cluster down status lint format bench
 
 help:  ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install:  ## install everything from uv.lock into .venv (installs uv itself if missing)
 	@$(UV) --version >/dev/null 2>&1 || $(BOOT_PYTHON) -m pip install --user --quiet uv
@@ -26,18 +26,25 @@ demo: install  ## start the local stack, train the demo model, optimise it, prin
 
 test: install  ## run the test suite against a real local stack (started and stopped by the tests)
 	@bash infra/local/install-browser.sh
-	@.venv/bin/pytest tests --ignore=tests/faults
+	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster
 
 test-faults: install  ## inject faults into a real local stack (S3/MLflow stops, 500s, kills, races)
 	@.venv/bin/pytest tests/faults
+
+test-cluster: install  ## the distributed tier: starts the cluster on its own ports, runs optimize_model through it, stops it
+	@.venv/bin/pytest tests/cluster -m cluster
 
 up: install  ## start S3 + MLflow + the Airflow UI on localhost:8080 and print the login
 	@$(STACK) up
 	@source $(STACK_ENV) && .venv/bin/tfopt demo-data --if-missing
 	@$(STACK) up --airflow
 
-down:  ## stop everything `make up` / `make demo` started
-	@test -x .venv/bin/python && $(STACK) down || true
+cluster: install  ## start the distributed stack: PostgreSQL, Redis, Airflow components, CPU + GPU queue Celery workers
+	@$(STACK) up --cluster
+	@source $(STACK_ENV) && .venv/bin/tfopt demo-data --if-missing
+
+down:  ## stop everything `make up` / `make demo` / `make cluster` started; check that nothing is left
+	@if test -x .venv/bin/python; then $(STACK) down; fi
 
 status:  ## what runs where
 	@$(STACK) status

@@ -1,0 +1,80 @@
+"""A small client of Airflow's REST API (v2) as a deployment's user drives it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+FINISHED = {"success", "failed"}
+
+
+@dataclass
+class AirflowRest:
+    """Bearer-token calls to one Airflow API server (simple auth manager)."""
+
+    base_url: str
+    username: str
+    password: str
+    token: str = field(default="", repr=False)
+
+    def login(self) -> None:
+        """POST /auth/token: a JWT for the later calls."""
+        answer = self._call(
+            "POST", "/auth/token", {"username": self.username, "password": self.password}
+        )
+        self.token = answer["access_token"]
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise AssertionError(f"{method} {path} -> {exc.code}: {detail}") from exc
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 180) -> dict[str, Any]:
+        """The DAG once the dag-processor has serialised it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._call("GET", f"/api/v2/dags/{dag_id}")
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def unpause(self, dag_id: str) -> None:
+        answer = self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        assert answer["is_paused"] is False
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """POST a DAG run with `conf`; its run id."""
+        answer = self._call(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        return answer["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200"
+        return self._call("GET", path)["task_instances"]
+
+    def wait_finished(self, dag_id: str, run_id: str, timeout_s: float) -> str:
+        """Poll until the run succeeds or fails; its final state."""
+        deadline = time.monotonic() + timeout_s
+        while (state := self.run_state(dag_id, run_id)) not in FINISHED:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} still {state} after {timeout_s:.0f} s")
+            time.sleep(3)
+        return state
