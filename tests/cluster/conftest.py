@@ -8,56 +8,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.airflow_rest import AirflowRest
-
-REPO = Path(__file__).resolve().parents[2]
-STACK_SCRIPT = REPO / "infra" / "local" / "stack.py"
-ARTIFACTS = REPO / "test-artifacts"
-# Ports of their own: clear of `make up` (8333/5000/8080) and of the integration test stacks
-# (18333/15050/18080 plus offsets up to 700).
-CLUSTER_STACK = {
-    "TFOPT_STACK_DIR": str(REPO / ".stack-test-cluster"),
-    "TFOPT_S3_PORT": "28333",
-    "TFOPT_MLFLOW_PORT": "25050",
-    "TFOPT_AIRFLOW_PORT": "28080",
-    "TFOPT_POSTGRES_PORT": "25432",
-    "TFOPT_REDIS_PORT": "26379",
-    "TFOPT_BUCKET": "tfopt",
-}
-START_TIMEOUT_S = 600
-TIMINGS: dict[str, float] = {}
-
-
-@dataclass
-class Cluster:
-    """The running cluster: its folder, client environment and an API client."""
-
-    stack_dir: Path
-    env: dict[str, str] = field(repr=False)
-    api: AirflowRest
-
-    def stack(self, *args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess:
-        """Run `stack.py <args>` against this cluster."""
-        return subprocess.run(
-            [sys.executable, str(STACK_SCRIPT), *args],
-            env={**os.environ, **CLUSTER_STACK},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-
-def record_timing(name: str, seconds: float) -> None:
-    """Keep a wall time for the session summary and test-artifacts/cluster-timings.json."""
-    TIMINGS[name] = round(seconds, 1)
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "cluster-timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
+from tests.cluster.cluster_stack import (
+    CLUSTER_STACK,
+    STACK_SCRIPT,
+    START_TIMEOUT_S,
+    TIMINGS,
+    Cluster,
+    record_timing,
+)
 
 
 def _login(stack_dir: Path) -> tuple[str, str]:
@@ -116,6 +79,13 @@ def _down_and_check(handle: Cluster) -> None:
     result = handle.stack("down", timeout=300)
     record_timing("cluster_down_s", time.monotonic() - started)
     sys.stderr.write(f"\nstack.py down:\n{result.stdout}{result.stderr}")
-    sys.stderr.write(f"cluster wall times (s): {json.dumps(TIMINGS)}\n")
     left = survivors(StackConfig.load(CLUSTER_STACK))
     assert result.returncode == 0 and not left, f"left running after down: {left}"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The wall times this session measured (also in test-artifacts/cluster-timings.json)."""
+    if TIMINGS:
+        terminalreporter.write_sep("-", "cluster wall times (s)")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds}")

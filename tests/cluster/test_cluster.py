@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import CLUSTER_STACK, Cluster, record_timing
+from tests.cluster.cluster_stack import CLUSTER_STACK, Cluster, record_timing
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
