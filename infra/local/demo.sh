@@ -10,7 +10,7 @@ python infra/local/stack.py up
 source "${TFOPT_STACK_DIR:-$PWD/.stack}/stack.env"
 demo_root="s3://${TFOPT_BUCKET}/demo"
 if python infra/local/stack.py status --json \
-    | python -c 'import json, sys; sys.exit(0 if any(s["service"] == "airflow" and s["running"] for s in json.load(sys.stdin)["services"]) else 1)'; then
+    | python -c 'import json, sys; sys.exit(0 if any(s["service"].startswith("airflow") and s["running"] for s in json.load(sys.stdin)["services"]) else 1)'; then
   # A running scheduler would also pick up the dags-test runs' tasks; test on a database of its own.
   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(python infra/local/stack.py dags-test-db)
   export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
