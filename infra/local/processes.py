@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,6 +267,15 @@ def stop_service(service: Service, config: StackConfig) -> bool:
     pid_file(config, service.name).unlink(missing_ok=True)
     say(f"  {service.name}: stopped (session {leader}) in {time.monotonic() - started:.1f} s")
     return True
+
+
+def stop_services(services: list[Service], config: StackConfig) -> list[str]:
+    """Stop `services` side by side (each as `stop_service`); the names of those that ran."""
+    if not services:
+        return []
+    with ThreadPoolExecutor(max_workers=len(services)) as pool:
+        stopped = list(pool.map(lambda service: stop_service(service, config), services))
+    return [service.name for service, ran in zip(services, stopped, strict=True) if ran]
 
 
 def _ancestors() -> set[int]:

@@ -38,7 +38,7 @@ from infra.local.processes import (
     running_pid,
     say,
     spawn,
-    stop_service,
+    stop_services,
     wait_healthy,
 )
 from infra.local.services import Service, standalone_airflow, storage_services
@@ -62,6 +62,11 @@ from infra.local.stack_config import (
 __all__ = ["StackConfig", "StackError", "main", "read_env_file"]
 
 SERVICE_ORDER = ("seaweedfs", "mlflow", "airflow", *CLUSTER_SERVICES)
+STOP_WAVES = (
+    tuple(name for name in SERVICE_ORDER if name.startswith(("airflow", "worker-"))),
+    ("mlflow", "redis", "postgres"),
+    ("seaweedfs",),
+)
 MODE_SERVICES = {
     STANDALONE: ("seaweedfs", "mlflow", "airflow"),
     CLUSTER: ("seaweedfs", "mlflow", *CLUSTER_SERVICES),
@@ -210,8 +215,10 @@ def down(config: StackConfig, names: list[str] | None = None) -> bool:
         True when no process the stack spawned is left (always checked after a full `down`).
     """
     services = build_services(config, {})
-    chosen = [name for name in reversed(SERVICE_ORDER) if not names or name in names]
-    stopped = [name for name in chosen if stop_service(services[name], config)]
+    stopped = []
+    for wave in STOP_WAVES:  # Airflow first, then what it uses, S3 last
+        chosen = [services[name] for name in wave if not names or name in names]
+        stopped += stop_services(chosen, config)
     say(f"stopped: {', '.join(stopped)}" if stopped else f"nothing runs in {config.stack_dir}")
     if names:
         return True
