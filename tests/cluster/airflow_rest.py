@@ -56,6 +56,14 @@ class AirflowRest:
         answer = self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         assert answer["is_paused"] is False
 
+    def fail_active_runs(self, dag_id: str) -> list[str]:
+        """Mark runs left queued or running (by an earlier session's `down`) failed; their ids."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns?state=queued&state=running&limit=100"
+        runs = [run["dag_run_id"] for run in self._call("GET", path)["dag_runs"]]
+        for run_id in runs:
+            self._call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
+        return runs
+
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         """POST a DAG run with `conf`; its run id."""
         answer = self._call(

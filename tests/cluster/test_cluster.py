@@ -40,6 +40,7 @@ def published_model(cluster: Cluster, tiny_bundle) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dag_ready(cluster: Cluster) -> None:
     cluster.api.wait_for_dag(DAG_ID)
+    cluster.api.fail_active_runs(DAG_ID)  # max_active_runs=1: a leftover run would block ours
     cluster.api.unpause(DAG_ID)
 
 
@@ -153,3 +154,38 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(
     assert retried["state"] == "success" and retried["try_number"] > victim["try_number"], retried
     assert retried["hostname"].startswith(CPU_NODE)
     assert len(_versions(cluster, name)) == 1
+
+
+def _task_processes(config) -> list[int]:
+    """Live task processes of this cluster (Airflow titles them `airflow worker -- <ti id>`)."""
+    from infra.local.processes import all_processes, command_line, spawned_by
+
+    return [
+        info.pid
+        for info in all_processes()
+        if info.alive
+        and command_line(info.pid).startswith("airflow worker --")
+        and spawned_by(info.pid, config)
+    ]
+
+
+def test_down_mid_task_leaves_no_process(cluster, dag_ready, published_model):
+    """Runs last: `stack.py down` while a task runs stops the task process too."""
+    from infra.local.processes import proc_info, survivors
+    from infra.local.stack_config import StackConfig
+
+    config = StackConfig.load(CLUSTER_STACK)
+    run_id = cluster.api.trigger(
+        DAG_ID, _conf(published_model, f"cluster-down-{uuid.uuid4().hex[:8]}")
+    )
+    deadline = time.monotonic() + 600
+    while not (tasks := _task_processes(config)):
+        assert time.monotonic() < deadline, f"no task process of run {run_id} seen in 600 s"
+        time.sleep(0.3)
+    started = time.monotonic()
+    result = cluster.stack("down", timeout=300)
+    record_timing("down_mid_task_s", time.monotonic() - started)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no process spawned by" in result.stdout
+    still_alive = [pid for pid in tasks if (info := proc_info(pid)) and info.alive]
+    assert not still_alive and not _task_processes(config) and survivors(config) == []
