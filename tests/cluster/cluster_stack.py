@@ -15,14 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "infra" / "local" / "stack.py"
 ARTIFACTS = REPO / "test-artifacts"
 # Ports of their own: clear of `make up` (8333/5000/8080) and of the integration test stacks
-# (18333/15050/18080 plus offsets up to 700).
+# (18333/15050/18080 plus offsets). TFOPT_TEST_PORT_OFFSET shifts them, and the folder with them.
+_OFFSET = int(os.environ.get("TFOPT_TEST_PORT_OFFSET") or 0)
 CLUSTER_STACK = {
-    "TFOPT_STACK_DIR": str(REPO / ".stack-test-cluster"),
-    "TFOPT_S3_PORT": "28333",
-    "TFOPT_MLFLOW_PORT": "25050",
-    "TFOPT_AIRFLOW_PORT": "28080",
-    "TFOPT_POSTGRES_PORT": "25432",
-    "TFOPT_REDIS_PORT": "26379",
+    "TFOPT_STACK_DIR": str(REPO / f".stack-test-cluster{f'-{_OFFSET}' if _OFFSET else ''}"),
+    "TFOPT_S3_PORT": str(28333 + _OFFSET),
+    "TFOPT_MLFLOW_PORT": str(25050 + _OFFSET),
+    "TFOPT_AIRFLOW_PORT": str(28080 + _OFFSET),
+    "TFOPT_POSTGRES_PORT": str(25432 + _OFFSET),
+    "TFOPT_REDIS_PORT": str(26379 + _OFFSET),
     "TFOPT_BUCKET": "tfopt",
 }
 START_TIMEOUT_S = 600
