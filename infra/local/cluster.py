@@ -80,8 +80,22 @@ def postgres_data_dir(config: StackConfig) -> Path:
     return config.stack_dir / "postgres"
 
 
+def let_postgres_in(config: StackConfig) -> None:
+    """Let the unprivileged PostgreSQL user traverse the (private, 0700) stack dir.
+
+    The folder becomes 0710 with that user's group: it may enter, not list; the credentials in
+    it stay 0600 and root's.
+    """
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam(UNPRIVILEGED_USER)
+    os.chown(config.stack_dir, -1, user.pw_gid)
+    os.chmod(config.stack_dir, 0o710)  # noqa: S103 (group = the PostgreSQL user only, no read)
+
+
 def init_postgres(config: StackConfig) -> bool:
     """`initdb` the cluster's data directory once; True when it was created now."""
+    let_postgres_in(config)
     data = postgres_data_dir(config)
     if (data / "PG_VERSION").exists():
         return False

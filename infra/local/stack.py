@@ -165,7 +165,7 @@ def _start_cluster_core(
     services: dict[str, Service], config: StackConfig, env: dict[str, str], timeout_s: float | None
 ) -> None:
     """PostgreSQL (initialised once, with the `airflow` database) and Redis."""
-    if init_postgres(config):
+    if init_postgres(config):  # also lets PostgreSQL's user into the stack dir
         say(f"  postgres: initialised {config.stack_dir / 'postgres'}")
     _start_all([services["postgres"], services["redis"]], config, env, timeout_s)
     if ensure_database(config):
