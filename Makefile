@@ -24,7 +24,9 @@ install:  ## install everything from uv.lock into .venv (installs uv itself if m
 demo: install  ## start the local stack, train the demo model, optimise it, print where to look
 	@bash infra/local/demo.sh
 
-test: install  ## run the test suite against a real local stack (started and stopped by the tests)
+test: install  ## lint, then the test suite against a real local stack (started and stopped by the tests)
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
 	@bash infra/local/install-browser.sh
 	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster
 
