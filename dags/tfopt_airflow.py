@@ -1,4 +1,4 @@
-"""Airflow glue shared by tfopt's DAGs: params, the asset, and user-error handling.
+"""Airflow glue shared by tfopt's DAGs: params, the asset, connections and error handling.
 
 Imports only Airflow's SDK and the pipeline's plain configuration (`tasks.config`: dataclasses,
 no TensorFlow/MLflow/boto3/numpy) at module level, so DAG parsing stays light; the stages are
@@ -36,32 +36,100 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def optimize_params() -> dict[str, Param]:
-    """The trigger form: the same names as `tfopt optimize`'s flags, typed and validated."""
+CONNECTION_PARAMS = ("aws_conn_id", "mlflow_conn_id")
+
+
+def optimize_params(
+    defaults: dict[str, Any] | None = None,
+    *,
+    aws_conn_id: str = "tfopt_s3",
+    mlflow_conn_id: str = "mlflow_default",
+) -> dict[str, Param]:
+    """The trigger form: the same names as `tfopt optimize`'s flags, typed and validated.
+
+    Args:
+        defaults: the form's defaults by parameter name (a models-file entry's `defaults`).
+        aws_conn_id: the S3 connection the run uses (amazon provider conventions).
+        mlflow_conn_id: the MLflow connection the run uses (http connection).
+
+    Raises:
+        ValueError: a default is not a parameter of the form, or does not fit its schema.
+    """
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = {**_pipeline_params(), **_connection_params(aws_conn_id, mlflow_conn_id)}
+    for name, value in (defaults or {}).items():
+        if name not in params:
+            raise ValueError(f"{name!r} is not a parameter of the form; known: {list(params)}")
+        params[name] = Param(value, params[name].description, schema=params[name].schema)
+        try:
+            params[name].resolve()
+        except ParamValidationError as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise ValueError(f"defaults.{name}: {value!r} is refused: {first_line}") from exc
+    return params
+
+
+def _connection_params(aws_conn_id: str, mlflow_conn_id: str) -> dict[str, Param]:
+    return {
+        "aws_conn_id": Param(
+            aws_conn_id,
+            type="string",
+            minLength=1,
+            title="S3 connection",
+            description="Airflow connection to S3 (amazon provider: keys, region, endpoint_url).",
+            section="Connections",
+        ),
+        "mlflow_conn_id": Param(
+            mlflow_conn_id,
+            type="string",
+            minLength=1,
+            title="MLflow connection",
+            description="Airflow http connection to the MLflow tracking server.",
+            section="Connections",
+        ),
+    }
+
+
+def _pipeline_params() -> dict[str, Param]:
+    """The run's parameters (names of `tasks.config`), typed for the form and the API.
+
+    The UI's number fields clamp a typed value into `minimum`..`maximum` (a pasted -1 became 0).
+    Bounds kept under `allOf` are not read by the form, so the API's schema check refuses an
+    out-of-range value with its message instead, from the form and the REST API alike.
+    """
     return {
         "model_uri": Param(
-            f"{DEMO_ROOT}/model/model.keras",
-            type="string",
+            None,
+            type=["null", "string"],
             minLength=1,
             title="Model URI",
-            description="S3 (s3://bucket/key) or local URI of a .keras file or SavedModel folder.",
+            description=(
+                "S3 (s3://bucket/key) or local URI of a .keras file or SavedModel folder "
+                "(required; an asset event's extra supplies it on scheduled runs)."
+            ),
         ),
         "eval_data_uri": Param(
-            f"{DEMO_ROOT}/eval",
-            type="string",
+            None,
+            type=["null", "string"],
             minLength=1,
             title="Eval data URI",
-            description="Folder of .npz shards: one array per signature input, plus 'labels'.",
+            description=(
+                "Folder of .npz shards: one array per signature input, plus the metric's ground "
+                "truth (required; an asset event's extra supplies it on scheduled runs)."
+            ),
         ),
         "calibration_data_uri": Param(
-            f"{DEMO_ROOT}/calibration",
-            type="string",
-            minLength=1,
+            None,
+            type=["null", "string"],
             title="Calibration data URI",
-            description="Folder of .npz shards of representative inputs (INT8 calibration).",
+            description=(
+                "Folder of .npz shards of representative inputs for INT8 calibration; empty: a "
+                "seeded slice of the eval data is held out for it (only when INT8 is asked for)."
+            ),
         ),
         "registered_model_name": Param(
-            "tfopt-demo",
+            None,
             type="string",
             pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
             title="Registered model name",
@@ -78,10 +146,13 @@ def optimize_params() -> dict[str, Param]:
         "accuracy_tolerance": Param(
             AccuracyGate.tolerance,
             type="number",
-            minimum=0,
-            maximum=1,
+            allOf=[{"minimum": 0, "maximum": 1}],
             title="Accuracy tolerance",
-            description="Max top-1 drop vs the baseline, absolute (0.01 = one point).",
+            description=(
+                "How far the metric may move vs the baseline, in the metric's own terms: an "
+                "absolute drop for top1/top5/map50/map/fidelity (0.01 = one point), a relative "
+                "rise of the error for mae/rmse (0.05 = 5%)."
+            ),
         ),
         "latency_slo_ms": Param(
             None,
@@ -93,7 +164,7 @@ def optimize_params() -> dict[str, Param]:
         "batch_sizes": Param(
             [1, 8],
             type="array",
-            items={"type": "integer", "minimum": 1, "maximum": 1024},
+            items={"type": "integer", "allOf": [{"minimum": 1, "maximum": 1024}]},
             minItems=1,
             title="Batch sizes",
             description="Batch sizes to benchmark; batch 1 is always measured.",
@@ -108,8 +179,7 @@ def optimize_params() -> dict[str, Param]:
         "num_threads": Param(
             2,
             type="integer",
-            minimum=1,
-            maximum=256,
+            allOf=[{"minimum": 1, "maximum": 256}],
             title="Threads",
             description="CPU threads per runtime (match the worker's cores).",
         ),
@@ -146,3 +216,54 @@ def skipped_stays_skipped(fn: Callable[..., dict[str, Any]]) -> Callable[..., di
         return result
 
     return wrapper
+
+
+def with_connections(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the task with S3 and MLflow set up from the run's `aws_conn_id` / `mlflow_conn_id`.
+
+    The connections are resolved inside the task's own process into `tasks.storage.S3Settings`
+    and `tasks.tracking.MlflowSettings`; neither settings nor secrets reach XCom or the logs.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from tfopt_connections import mlflow_settings, s3_settings
+
+        from tasks import storage
+        from tasks.tracking import use_mlflow
+
+        params = get_current_context()["params"]
+        s3 = s3_settings(params.get("aws_conn_id"))
+        with storage.using_s3(s3), use_mlflow(mlflow_settings(params.get("mlflow_conn_id"))):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def name_the_variant(variant: str) -> None:
+    """Label this mapped task instance with its variant in the grid (`map_index_template`)."""
+    get_current_context()["variant"] = variant  # type: ignore[typeddict-unknown-key]
+
+
+VARIANT_LABEL = "{{ variant }}"
+"""`map_index_template` of the per-variant tasks: the grid lists them by variant name."""
+
+
+def variant_outcome(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's task state from its stage results: OK succeeds, SKIPPED skips, FAILED fails.
+
+    A FAILED variant is tolerated by the run (select, register and report run with trigger rule
+    `all_done` and read the FAILED result), but its task is red in the grid with the reason.
+    """
+    status, reason, variant = "OK", "", ""
+    for stage in stages:
+        variant = variant or stage.get("variant", "")
+        if stage.get("status") != "OK":
+            status, reason = stage.get("status"), f"{stage.get('stage')}: {stage.get('reason')}"
+            break
+    name_the_variant(variant)
+    if status == "FAILED":
+        raise AirflowFailException(f"{variant} FAILED (the run goes on without it): {reason}")
+    if status == "SKIPPED":
+        raise AirflowSkipException(f"{variant} SKIPPED: {reason}")
+    return {"variant": variant, "status": status}

@@ -217,6 +217,10 @@ def stack_env(config: StackConfig, credentials: tuple[str, str]) -> dict[str, st
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(config.airflow_port + 2),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW_CONN_TFOPT_S3": json.dumps(connection, separators=(",", ":")),
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
+            {"conn_type": "http", "host": HOST, "port": config.mlflow_port, "schema": "http"},
+            separators=(",", ":"),
+        ),
     }
 
 

@@ -29,8 +29,11 @@ from tasks.storage.s3 import (
     DEFAULT_REGION,
     MAX_PARALLEL_TRANSFERS,
     S3Settings,
+    configure_s3,
+    current_s3_settings,
     default_run_root,
     s3_client,
+    using_s3,
 )
 from tasks.storage.uris import (
     allowed_prefixes,
@@ -56,6 +59,8 @@ __all__ = [
     "S3Settings",
     "cache_root",
     "clean_leftovers",
+    "configure_s3",
+    "current_s3_settings",
     "default_run_root",
     "delete_tree",
     "digest_tree",
@@ -76,4 +81,5 @@ __all__ = [
     "sha256_file",
     "lock",
     "tree_digest",
+    "using_s3",
 ]

@@ -108,9 +108,38 @@ def _mask_botocore_logs(settings: S3Settings) -> None:
         logger.addFilter(mask)
 
 
+_configured_s3: S3Settings | None = None
+
+
+def configure_s3(settings: S3Settings | None) -> S3Settings | None:
+    """Make `settings` this process's S3 (None: the environment again); returns the previous.
+
+    Airflow tasks and the UI plugin pass the settings of an Airflow connection here; the CLI
+    leaves it unset and reads the environment.
+    """
+    global _configured_s3
+    previous, _configured_s3 = _configured_s3, settings
+    return previous
+
+
+@contextlib.contextmanager
+def using_s3(settings: S3Settings) -> Iterator[S3Settings]:
+    """`configure_s3(settings)` for the block, then the previous settings again."""
+    previous = configure_s3(settings)
+    try:
+        yield settings
+    finally:
+        configure_s3(previous)
+
+
+def current_s3_settings() -> S3Settings:
+    """The S3 this process uses: the configured settings, else the environment's."""
+    return _configured_s3 or S3Settings.from_env()
+
+
 def s3_client(settings: S3Settings | None = None) -> Any:
-    """A boto3 S3 client for `settings` (default: from the environment), cached per settings."""
-    return _cached_client(settings or S3Settings.from_env())
+    """A boto3 S3 client for `settings` (default: `current_s3_settings()`), cached per settings."""
+    return _cached_client(settings or current_s3_settings())
 
 
 @functools.lru_cache(maxsize=8)
@@ -142,7 +171,7 @@ def _cached_client(settings: S3Settings) -> Any:
 
 def default_run_root() -> str:
     """Where pipeline runs write their artifacts: `TFOPT_RUN_ROOT`, else s3://<TFOPT_BUCKET>/runs."""
-    root = os.environ.get("TFOPT_RUN_ROOT") or f"s3://{S3Settings.from_env().bucket}/runs"
+    root = os.environ.get("TFOPT_RUN_ROOT") or f"s3://{current_s3_settings().bucket}/runs"
     return root.rstrip("/")
 
 
