@@ -66,7 +66,7 @@ def s3_settings(conn_id: str | None = DEFAULT_S3_CONN_ID) -> S3Settings:
         region=wrapper.region_name or DEFAULT_REGION,
         bucket=bucket,
     )
-    log.info("S3 from connection %r: %s", conn_id, settings)
+    log.debug("S3 from connection %r: %s", conn_id, settings)
     return settings
 
 
@@ -86,7 +86,7 @@ def mlflow_settings(conn_id: str | None = DEFAULT_MLFLOW_CONN_ID) -> MlflowSetti
         password=conn.password or None,
         token=extra.get("token") or None,
     )
-    log.info("MLflow from connection %r: %s", conn_id, settings)
+    log.debug("MLflow from connection %r: %s", conn_id, settings)
     return settings
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
-import math
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,9 +20,8 @@ from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
+from tasks.runs import REPORTS
 from tasks.runs import PublishedRun as RunEntry
-from tasks.runs import runs_in_listing
-from tasks.storage import MANIFEST_NAME
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -38,7 +37,6 @@ UI_ROUTE = "tfopt"
 DAG_ID = os.environ.get("TFOPT_DAG_ID", "optimize_model")
 UI_DIR = Path(__file__).resolve().parent / "tfopt_ui"
 RUNS_LIMIT = 20
-MANIFEST = MANIFEST_NAME
 RESULTS = "results.json"
 REPORT_FILES = {
     "report.html": "text/html; charset=utf-8",
@@ -49,14 +47,13 @@ REPORT_FILES = {
 }
 PLOTS = (
     ("latency.png", "Latency per call at batch 1 (box: p25–p75, whiskers: p1–p99)"),
-    ("accuracy_vs_latency.png", "Top-1 vs p50 latency at batch 1, with the Pareto front"),
+    ("accuracy_vs_latency.png", "The task metric vs p50 latency at batch 1, with the gate"),
 )
 # The report page is produced by the pipeline; serve it as an isolated, script-less document.
 REPORT_HTML_CSP = (
     "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
     "font-src data:; frame-ancestors 'self'"
 )
-MAX_SCAN_KEYS = 200_000
 
 
 # --- URLs -------------------------------------------------------------------------------------
@@ -178,7 +175,7 @@ class OptimisationReportLink(_ResultFieldLink):
         return ui_url(page_url(parts[-3], parts[-2]))
 
 
-# --- S3 -----------------------------------------------------------------------------------------
+# --- S3 (through tasks.storage, with the S3 connection's settings) -----------------------------
 
 
 class ReportStoreError(Exception):
@@ -192,180 +189,115 @@ class RunSummary:
     entry: RunEntry
     chosen: str = ""
     model_version: str = ""
+    metric: str = ""
     mlflow_run_url: str = ""
     model_version_url: str = ""
     problem: str = ""
+    older: bool = False
     url: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.url = f"runs/{quote(self.entry.model, safe='')}/{quote(self.entry.run_id, safe='')}/"
 
 
-_clients: dict[tuple[str, ...], Any] = {}
-_clients_lock = threading.Lock()
-_results_cache: dict[tuple[str, str, str], dict[str, Any]] = {}
+_results_cache: dict[tuple[str, str], dict[str, Any]] = {}
 
 
-def _s3_client() -> Any:
-    """A boto3 S3 client for TFOPT_S3_ENDPOINT_URL (short timeouts: the page must not hang)."""
-    endpoint = os.environ.get("TFOPT_S3_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    key = (endpoint or "", region, os.environ.get("AWS_ACCESS_KEY_ID", ""))
-    with _clients_lock:
-        if key not in _clients:
-            import boto3
-            from botocore.config import Config
+@contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """tfopt's storage errors (already classified, with their fix) become ReportStoreError."""
+    from tasks.errors import TfoptError
 
-            config = Config(
-                connect_timeout=3,
-                read_timeout=10,
-                retries={"max_attempts": 2, "mode": "standard"},
-                s3={"addressing_style": "path"},
-            )
-            _clients[key] = boto3.client(
-                "s3", endpoint_url=endpoint, region_name=region, config=config
-            )
-        return _clients[key]
-
-
-def _describe(exc: Exception) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
-    return str(exc) or type(exc).__name__
+    try:
+        yield
+    except TfoptError as exc:
+        log.warning("%s failed: %s", what, exc)
+        raise ReportStoreError(str(exc)) from exc
 
 
 class ReportStore:
-    """Reads published reports under s3://<bucket>/<prefix><model>/<run_id>/reports/."""
+    """Published reports under the run root (`<root>/<model>/<run_id>/reports/`), read through
+    `tasks.storage` with the settings of the S3 connection (`TFOPT_S3_CONN_ID`, default
+    `tfopt_s3`; the API server's environment when it is not defined)."""
 
     def __init__(self) -> None:
-        root = os.environ.get("TFOPT_RUN_ROOT", "")
-        if root.startswith("s3://"):
-            self.bucket, _, prefix = root[len("s3://") :].partition("/")
-        else:
-            self.bucket, prefix = os.environ.get("TFOPT_BUCKET", "tfopt"), "runs"
-        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        try:
-            self.client = _s3_client()
-        except Exception as exc:  # bad endpoint URL, broken botocore config, ...
-            raise ReportStoreError(f"Cannot create an S3 client: {_describe(exc)}") from exc
+        from tfopt_connections import conn_ids_from_env, s3_settings
+
+        from tasks import storage
+
+        with _storage_errors("Reading the S3 connection"):
+            storage.configure_s3(s3_settings(conn_ids_from_env()[0]))
+        self.root = storage.default_run_root()
 
     @property
     def location(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
+        return f"{self.root.rstrip('/')}/"
 
-    def reports_key(self, model: str, run_id: str, name: str = "") -> str:
-        return f"{self.prefix}{model}/{run_id}/reports/{name}"
+    def reports_uri(self, model: str, run_id: str, name: str = "") -> str:
+        from tasks import storage
 
-    def _call(self, what: str, func: Any, **kwargs: Any) -> Any:
-        """`func(**kwargs)`; S3 errors become ReportStoreError("<what> failed: <why>")."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return func(**kwargs)
-        except (BotoCoreError, ClientError) as exc:
-            log.warning("%s failed: %s", what, exc)
-            raise ReportStoreError(f"{what} failed: {_describe(exc)}") from exc
+        uri = storage.join_uri(self.root, model, run_id, REPORTS)
+        return storage.join_uri(uri, name) if name else uri
 
     def list_runs(self, limit: int = RUNS_LIMIT, model: str | None = None) -> list[RunEntry]:
         """Runs with a published report (manifest present), newest first."""
-        prefix = f"{self.prefix}{model}/" if model else self.prefix
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
-        )
-        listing = [
-            (obj["Key"][len(self.prefix) :], obj.get("LastModified"))
-            for page in self._call(
-                f"Listing s3://{self.bucket}/{prefix}", lambda: list(_take_pages(pages))
-            )
-            for obj in page.get("Contents", [])
-        ]
-        runs = runs_in_listing(listing)
-        log.debug("scanned %d keys under %s: %d runs", len(listing), prefix, len(runs))
-        return runs[:limit]
+        from tasks import runs
+
+        with _storage_errors(f"Listing {self.location}"):
+            return runs.list_runs(model, limit=limit)
 
     def manifest(self, model: str, run_id: str) -> dict[str, Any] | None:
         """The report folder's manifest, or None when the folder is absent or incomplete."""
-        from botocore.exceptions import ClientError
+        from tasks import storage
 
-        try:
-            return self.get_json(self.reports_key(model, run_id, MANIFEST))
-        except ReportStoreError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
-                "NoSuchKey",
-                "404",
-                "NotFound",
-            ):
-                return None
-            raise
-
-    def get_json(self, key: str) -> dict[str, Any]:
-        obj = self._call(
-            f"Reading s3://{self.bucket}/{key}", self.client.get_object, Bucket=self.bucket, Key=key
-        )
-        try:
-            with obj["Body"] as body:
-                data = json.loads(body.read())
-        except ValueError as exc:
-            raise ReportStoreError(f"s3://{self.bucket}/{key} is not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise ReportStoreError(f"s3://{self.bucket}/{key} is not a JSON object")
-        return data
+        with _storage_errors(f"Reading the manifest of {self.reports_uri(model, run_id)}"):
+            manifest = storage.read_manifest(self.reports_uri(model, run_id))
+        return None if manifest is None else manifest.to_dict()
 
     def results(self, entry: RunEntry) -> dict[str, Any]:
         """results.json of a published run (immutable once published, so cached)."""
-        key = self.reports_key(entry.model, entry.run_id, RESULTS)
-        if entry.published is None:
-            return self.get_json(key)
-        cache_key = (self.bucket, key, entry.published.isoformat())
-        if cache_key not in _results_cache:
+        from tasks import storage
+
+        uri = self.reports_uri(entry.model, entry.run_id, RESULTS)
+        cache_key = (uri, entry.published.isoformat() if entry.published else "")
+        if entry.published is not None and cache_key in _results_cache:
+            return _results_cache[cache_key]
+        with _storage_errors(f"Reading {uri}"):
+            data = storage.get_json(uri)
+        if not isinstance(data, dict):
+            raise ReportStoreError(f"{uri} is not a JSON object")
+        if entry.published is not None:
             if len(_results_cache) > 512:
                 _results_cache.clear()
-            _results_cache[cache_key] = self.get_json(key)
-        return _results_cache[cache_key]
+            _results_cache[cache_key] = data
+        return data
 
-    def open(self, model: str, run_id: str, name: str) -> Any:
-        """The S3 GetObject response for one report file (caller closes the body)."""
-        key = self.reports_key(model, run_id, name)
-        return self._call(
-            f"Reading s3://{self.bucket}/{key}", self.client.get_object, Bucket=self.bucket, Key=key
-        )
+    def read(self, model: str, run_id: str, name: str) -> bytes:
+        """One published report file."""
+        from tasks import storage
 
-
-def _take_pages(pages: Any) -> Any:
-    scanned = 0
-    for page in pages:
-        yield page
-        scanned += page.get("KeyCount", 0)
-        if scanned >= MAX_SCAN_KEYS:
-            log.warning("stopped listing after %d keys; pass ?model= to narrow", scanned)
-            return
-
-
-def registration_of(results: dict[str, Any]) -> dict[str, Any]:
-    """The registration block of results.json (top level, or inside `info`)."""
-    for holder in (results, results.get("info") or {}):
-        if isinstance(holder, dict) and isinstance(holder.get("registration"), dict):
-            return holder["registration"]
-    return {}
+        uri = self.reports_uri(model, run_id, name)
+        with _storage_errors(f"Reading {uri}"):
+            return storage.get_bytes(uri)
 
 
 def summarize(store: ReportStore, entry: RunEntry) -> RunSummary:
     """One row of the runs list; a run whose results.json is unreadable says so."""
+    from tfopt_results import OlderResultsError, run_summary
+
     try:
-        results = store.results(entry)
+        cells = run_summary(store.results(entry))
+    except OlderResultsError as exc:
+        return RunSummary(entry, problem=str(exc), older=True)
     except ReportStoreError as exc:
         return RunSummary(entry, problem=str(exc))
-    reg = registration_of(results)
     return RunSummary(
         entry,
-        chosen=str(results.get("chosen") or ""),
-        model_version=str(reg.get("model_version") or ""),
-        mlflow_run_url=public_url(reg.get("mlflow_run_url")),
-        model_version_url=public_url(reg.get("model_version_url")),
+        chosen=cells["chosen"],
+        model_version=cells["model_version"],
+        metric=cells["metric"],
+        mlflow_run_url=public_url(cells["mlflow_run_url"]),
+        model_version_url=public_url(cells["model_version_url"]),
     )
 
 
@@ -411,34 +343,6 @@ def _page_csp() -> str:
     )
 
 
-def _number(value: Any) -> float | None:
-    """The value as a finite float, else None (missing, NaN, not a number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except Exception:  # not a number (Jinja's Undefined raises its own error type)
-        return None
-    return number if math.isfinite(number) else None
-
-
-NUMBER_FORMATS = {
-    "pct": lambda v: f"{v * 100:.2f} %",
-    "points": lambda v: f"{v * 100:+.2f}",
-    "ms": lambda v: f"{v:.3f} ms" if v < 10 else f"{v:.1f} ms",
-    "rate": lambda v: f"{v:,.0f}/s" if v >= 100 else f"{v:.1f}/s",
-    "times": lambda v: f"{v:.2f}×",
-    "mb": lambda v: f"{v / 1e6:.2f} MB",
-    "s": lambda v: f"{v:.1f} s",
-}
-"""How the variant table shows each kind of number (as the pipeline's own report does)."""
-
-
-def _fmt(value: Any, kind: str) -> str:
-    number = _number(value)
-    return "—" if number is None else NUMBER_FORMATS[kind](number)
-
-
 def _fmt_time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
 
@@ -452,8 +356,11 @@ def _templates() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_fmt, when=_fmt_time, url=public_url)
+    env.filters.update(when=_fmt_time, url=public_url)
+    from tfopt_connections import conn_ids_from_env
+
     env.globals.update(script=EXTERNAL_LINK_SCRIPT, plots=PLOTS, limit=RUNS_LIMIT)
+    env.globals["s3_conn_id"] = conn_ids_from_env()[0]
     return env
 
 
@@ -487,14 +394,13 @@ def _index(pages: Pages, model: str | None) -> Response:
             context["runs"] = list(pool.map(lambda e: summarize(store, e), entries))
     except ReportStoreError as exc:
         context["error"], status = str(exc), 503
-    except Exception as exc:  # e.g. boto3 misconfigured: show it, do not 500 with a trace
-        log.exception("listing tfopt runs failed")
-        context["error"], status = f"Could not list runs: {_describe(exc)}", 503
     return pages.render("index.html", status, context)
 
 
 def _run(pages: Pages, model: str, run_id: str) -> Response:
-    context: dict[str, Any] = {"model": model, "run_id": run_id, "error": ""}
+    from tfopt_results import OlderResultsError, run_view
+
+    context: dict[str, Any] = {"model": model, "run_id": run_id, "error": "", "older": ""}
     status = 200
     try:
         store = ReportStore()
@@ -507,26 +413,17 @@ def _run(pages: Pages, model: str, run_id: str) -> Response:
             )
             status = 404
         else:
-            results = store.results(RunEntry(model, run_id, None))
-            context.update(
-                results=results,
-                info=results.get("info") or {},
-                rows=[r for r in results.get("rows") or [] if isinstance(r, dict)],
-                chosen=results.get("chosen") or "",
-                registration=registration_of(results),
-                files=manifest_files(manifest) or set(REPORT_FILES),
-            )
+            context["files"] = manifest_files(manifest) or set(REPORT_FILES)
+            context["view"] = run_view(store.results(RunEntry(model, run_id, None)))
+    except OlderResultsError as exc:
+        context["older"] = str(exc)
     except ReportStoreError as exc:
         context["error"], status = str(exc), 503
-    except Exception as exc:
-        log.exception("reading tfopt run %s/%s failed", model, run_id)
-        context["error"], status = f"Could not read the report: {_describe(exc)}", 503
     return pages.render("error.html" if context["error"] else "run.html", status, context)
 
 
 def _file(model: str, run_id: str, name: str) -> Response:
-    from fastapi.responses import PlainTextResponse, StreamingResponse
-    from starlette.background import BackgroundTask
+    from fastapi.responses import PlainTextResponse, Response
 
     if name not in REPORT_FILES or not (_valid_segment(model) and _valid_segment(run_id)):
         return PlainTextResponse("Not found", status_code=404)
@@ -536,21 +433,13 @@ def _file(model: str, run_id: str, name: str) -> Response:
         listed = manifest_files(manifest) if manifest is not None else set()
         if manifest is None or (listed is not None and name not in listed):
             return PlainTextResponse("Not found (not in a published report)", status_code=404)
-        obj = store.open(model, run_id, name)
+        body = store.read(model, run_id, name)
     except ReportStoreError as exc:
         return PlainTextResponse(str(exc), status_code=503)
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
-    if "ContentLength" in obj:
-        headers["Content-Length"] = str(obj["ContentLength"])
     if name.endswith(".html"):
         headers["Content-Security-Policy"] = REPORT_HTML_CSP
-    body = obj["Body"]
-    return StreamingResponse(
-        body.iter_chunks(64 * 1024),
-        media_type=REPORT_FILES[name],
-        headers=headers,
-        background=BackgroundTask(body.close),
-    )
+    return Response(body, media_type=REPORT_FILES[name], headers=headers)
 
 
 def _authorization_dependencies() -> list[Any]:

@@ -17,6 +17,7 @@ from tasks.storage.manifest import (
 from tasks.storage.objects import (
     delete_tree,
     exists,
+    get_bytes,
     get_json,
     list_keys,
     list_objects,
@@ -67,6 +68,7 @@ __all__ = [
     "evict_cache",
     "exists",
     "fetch_tree",
+    "get_bytes",
     "get_json",
     "is_s3",
     "join_uri",

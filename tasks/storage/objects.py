@@ -32,22 +32,30 @@ def put_json(uri: str | os.PathLike[str], obj: Any) -> None:
     _put_bytes(str(uri), json.dumps(obj, indent=2, sort_keys=True).encode(), "application/json")
 
 
+def get_bytes(uri: str | os.PathLike[str]) -> bytes:
+    """The content of the object (or file) at `uri`.
+
+    Raises:
+        UserInputError: it does not exist.
+    """
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = parse_s3_uri(uri)
+        with _s3_errors(uri, "read"):
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    path = _local_path(uri)
+    if not path.is_file():
+        raise UserInputError(f"file does not exist: {uri}; check the URI")
+    return path.read_bytes()
+
+
 def get_json(uri: str | os.PathLike[str]) -> Any:
     """Read the JSON document at `uri`.
 
     Raises:
         UserInputError: it does not exist or is not valid JSON.
     """
-    uri = str(uri)
-    if is_s3(uri):
-        bucket, key = parse_s3_uri(uri)
-        with _s3_errors(uri, "read"):
-            raw = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    else:
-        path = _local_path(uri)
-        if not path.is_file():
-            raise UserInputError(f"file does not exist: {uri}; check the URI")
-        raw = path.read_bytes()
+    raw = get_bytes(uri)
     try:
         return json.loads(raw)
     except ValueError as exc:
