@@ -16,7 +16,7 @@ from typing import Any
 from airflow.sdk import Asset, Param, get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from tasks.config import KNOWN_VARIANTS, OBJECTIVES, AccuracyGate
+from tasks.config import AUTO_METRIC, KNOWN_VARIANTS, METRIC_NAMES, OBJECTIVES, AccuracyGate
 
 BUCKET = os.environ.get("TFOPT_BUCKET", "tfopt")
 DEMO_ROOT = f"s3://{BUCKET}/demo"
@@ -134,6 +134,26 @@ def _pipeline_params() -> dict[str, Param]:
             pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
             title="Registered model name",
             description="MLflow registered model that receives the new version.",
+        ),
+        "metric": Param(
+            AUTO_METRIC,
+            type="string",
+            enum=list(METRIC_NAMES),
+            title="Metric",
+            description=(
+                "Task metric the accuracy gate judges: top1/top5 (integer labels), mae/rmse "
+                "(float labels), map50/map (gt_boxes + gt_classes), fidelity (no labels: "
+                "agreement with the baseline); auto picks by the eval data's ground truth."
+            ),
+        ),
+        "metric_output": Param(
+            None,
+            type=["null", "string"],
+            title="Metric output",
+            description=(
+                "The model output the metric reads (default: the only output, else the one that "
+                "fits); detection: boxes=...,scores=...,classes=..."
+            ),
         ),
         "variants": Param(
             VARIANT_CHOICES,
