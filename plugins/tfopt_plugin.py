@@ -357,10 +357,7 @@ def _templates() -> Any:
         lstrip_blocks=True,
     )
     env.filters.update(when=_fmt_time, url=public_url)
-    from tfopt_connections import conn_ids_from_env
-
     env.globals.update(script=EXTERNAL_LINK_SCRIPT, plots=PLOTS, limit=RUNS_LIMIT)
-    env.globals["s3_conn_id"] = conn_ids_from_env()[0]
     return env
 
 
@@ -384,7 +381,10 @@ class Pages:
 
 
 def _index(pages: Pages, model: str | None) -> Response:
+    from tfopt_connections import conn_ids_from_env
+
     context: dict[str, Any] = {"model": model, "runs": [], "error": "", "location": ""}
+    context["s3_conn_id"] = conn_ids_from_env()[0]
     status = 200
     try:
         store = ReportStore()

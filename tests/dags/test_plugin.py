@@ -1,4 +1,5 @@
-"""The tfopt Airflow plugin: loading, the runs page over S3 (moto), and the MLflow extra links."""
+"""The tfopt Airflow plugin on a real published run: loading, runs pages over the test stack's S3
+(read through the S3 connection), the MLflow extra links, and the page inside a real Airflow."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-import urllib.request
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,56 +22,15 @@ pytestmark = pytest.mark.dags
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
-BUCKET = "tfopt"
+TFOPT = Path(sys.executable).parent / "tfopt"
 MLFLOW = "http://mlflow.internal:5000"
-
-RESULTS: dict[str, Any] = {
-    "rows": [
-        {
-            "variant": "tf:fp32",
-            "status": "OK",
-            "reason": "",
-            "metric": 0.9125,
-            "metric_delta": 0.0,
-            "p50_ms": 21.3,
-            "p99_ms": 24.8,
-            "throughput": 46.9,
-            "size_bytes": 14_100_000,
-            "conversion_s": 0.0,
-            "speedup": 1.0,
-        },
-        {
-            "variant": "tflite:int8",
-            "status": "OK",
-            "reason": "",
-            "metric": 0.9075,
-            "metric_delta": -0.005,
-            "p50_ms": 3.1,
-            "p99_ms": 3.9,
-            "throughput": 322.6,
-            "size_bytes": 4_270_000,
-            "conversion_s": 14.2,
-            "speedup": 6.87,
-        },
-        {
-            "variant": "tftrt:fp16",
-            "status": "SKIPPED",
-            "reason": "<script>alert('x')</script> TensorFlow 2.21 has no TensorRT",
-        },
-    ],
-    "chosen": "tflite:int8",
-    "info": {"model": "mobilenet", "run_id": "manual__1", "objective": "latency"},
-    "registration": {
-        "model_version": "3",
-        "mlflow_run_url": f"{MLFLOW}/#/experiments/1/runs/abc123",
-        "model_version_url": "javascript:alert(1)",
-    },
-}
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+VARIANTS = "tf:fp32,tflite:int8,tftrt:int8"  # tftrt:int8 is SKIPPED here: a third verdict
 
 
 def load_plugin_module() -> Any:
     """Import plugins/tfopt_plugin.py the way Airflow's plugin loader does (by file path)."""
+    if str(PLUGINS) not in sys.path:
+        sys.path.insert(0, str(PLUGINS))  # Airflow puts its plugins folder on sys.path
     spec = importlib.util.spec_from_file_location("tfopt_plugin", PLUGINS / "tfopt_plugin.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -78,41 +39,49 @@ def load_plugin_module() -> Any:
     return module
 
 
-def publish_report(
-    s3: Any,
-    model: str,
-    run_id: str,
-    results: dict[str, Any] | None = None,
-    *,
-    manifest: bool = True,
-    plots: bool = True,
-) -> None:
-    """Put a report folder into S3 as the pipeline's report task does (manifest last)."""
-    prefix = f"runs/{model}/{run_id}/reports/"
-    files: dict[str, bytes] = {
-        "results.json": json.dumps(results or RESULTS).encode(),
-        "report.html": b"<!doctype html><title>report</title><table><tr><td>tf:fp32</td></tr>",
-        "report.md": b"| variant |\n|---|\n| tf:fp32 |\n",
-    }
-    if plots:
-        files.update({"latency.png": PNG, "accuracy_vs_latency.png": PNG})
-    for name, body in files.items():
-        s3.put_object(Bucket=BUCKET, Key=prefix + name, Body=body)
-    if manifest:
-        listing = {"schema": 1, "files": {name: "0" * 64 for name in files}, "metadata": {}}
-        s3.put_object(Bucket=BUCKET, Key=prefix + "_MANIFEST.json", Body=json.dumps(listing))
-
-
-def reset_moto(endpoint: str) -> None:
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """A run of `tfopt optimize` published to the test stack, with its results.json."""
+
+    model: str
+    run_id: str
+    results: dict[str, Any]
+
+    @property
+    def page(self) -> str:
+        return f"/runs/{self.model}/{self.run_id}/"
+
+
+@pytest.fixture(scope="module")
+def published(local_stack, tiny_bundle, tmp_path_factory) -> PublishedRun:
+    """A real, small optimisation run (tiny model, three variants) whose report the pages show."""
+    from tasks.runs import list_runs
+
+    model, run_id = f"ui-{uuid.uuid4().hex[:8]}", "plugin-test-run"
+    work = tmp_path_factory.mktemp("work")
+    command = [
+        str(TFOPT),
+        "optimize",
+        f"--model-uri={tiny_bundle['model']}",
+        f"--eval-data-uri={tiny_bundle['eval']}",
+        f"--calibration-data-uri={tiny_bundle['calibration']}",
+        f"--registered-model-name={model}",
+        f"--variants={VARIANTS}",
+        "--batch-sizes=1,4",
+        f"--run-id={run_id}",
+        "--json",
+    ]
+    env = {**os.environ, "TFOPT_WORK_DIR": str(work)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    (run,) = list_runs(model)
+    return PublishedRun(model, run.run_id, run.results())
 
 
 @pytest.fixture(scope="module")
@@ -121,42 +90,43 @@ def plugin() -> Any:
 
 
 @pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, plugin: Any) -> None:
-    for name in (
-        "TFOPT_S3_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ENDPOINT_URL",
-        "MLFLOW_S3_ENDPOINT_URL",
-        "TFOPT_RUN_ROOT",
-        "TFOPT_MLFLOW_UI_URL",
-    ):
+def s3_env(local_stack, plugin: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The stack's environment, S3 reached only through the `tfopt_s3` connection.
+
+    The plain S3 variables point nowhere, so a page that works proves the connection is used.
+    """
+    for name, value in local_stack.env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("TFOPT_RUN_ROOT", "TFOPT_MLFLOW_UI_URL", "TFOPT_S3_CONN_ID"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("TFOPT_BUCKET", BUCKET)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", MLFLOW)
-    plugin._clients.clear()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TFOPT_S3_ENDPOINT_URL", nowhere)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", nowhere)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-the-key")
+    assert "AIRFLOW_CONN_TFOPT_S3" in os.environ
     plugin._results_cache.clear()
+    yield local_stack.env
+    from tasks import storage
+
+    storage.configure_s3(None)
 
 
 @pytest.fixture
-def s3(s3_env: None) -> Any:
-    import boto3
-    from moto import mock_aws
-
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-
-
-@pytest.fixture
-def client(plugin: Any) -> Any:
+def client(plugin: Any, s3_env: dict[str, str]) -> Any:
     from fastapi.testclient import TestClient
 
     with TestClient(plugin.create_app(require_auth=False)) as test_client:
         yield test_client
+
+
+def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **changes: Any) -> None:
+    """Define `conn_id` as the stack's S3 connection with `changes` (login, password, extra)."""
+    connection = json.loads(os.environ["AIRFLOW_CONN_TFOPT_S3"])
+    extra = {**connection.get("extra", {}), **changes.pop("extra", {})}
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({**connection, **changes, "extra": extra})
+    )
+    monkeypatch.setenv("TFOPT_S3_CONN_ID", conn_id)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -171,15 +141,14 @@ LOAD_CHECK = textwrap.dedent(
     loaded = set(sys.modules) - before
     heavy = ("boto3", "botocore", "mlflow", "tensorflow", "numpy", "fastapi", "jinja2")
     # The run listing rule is shared with the CLI; those modules use the standard library only.
-    light_tasks = {"tasks", "tasks.errors", "tasks.runs", "tasks.storage"}
+    light_tasks = ("tasks.errors", "tasks.runs", "tasks.storage")
     print(json.dumps({
         "plugins": info,
         "errors": plugins_manager.get_import_errors(),
         "heavy": sorted(
             m for m in loaded
-            if m.split(".")[0] in heavy or (m.startswith("tasks")
-                and m not in light_tasks
-                and not m.startswith("tasks.storage."))
+            if m.split(".")[0] in heavy
+            or (m.startswith("tasks.") and not m.startswith(light_tasks))
         ),
     }, default=str))
     """
@@ -221,164 +190,161 @@ def test_plugin_loads_through_airflow_plugins_manager(tmp_path: Path) -> None:
     assert report["heavy"] == [], "the plugin module must import light"
 
 
+def test_the_plugin_has_no_s3_client_of_its_own() -> None:
+    import re
+
+    imports_boto = re.compile(r"^\s*(import|from)\s+(boto3|botocore)\b", re.MULTILINE)
+    for path in PLUGINS.glob("*.py"):
+        assert not imports_boto.search(path.read_text()), f"{path.name} imports boto3/botocore"
+
+
 def test_external_view_follows_api_base_url(plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/team-a")
     assert plugin.page_url() == "/team-a/tfopt/"
     assert plugin.page_url("m", "run 1") == "/team-a/tfopt/runs/m/run%201/"
 
 
-# --- the runs page ------------------------------------------------------------------------------
+# --- the pages, on a real run -------------------------------------------------------------------
 
 
-def test_runs_list_shows_published_runs_newest_first(s3: Any, client: Any) -> None:
-    publish_report(s3, "mobilenet", "manual__1")
-    publish_report(s3, "resnet", "scheduled__2", {**RESULTS, "chosen": "tflite:fp16"})
-    publish_report(s3, "mobilenet", "half_written", manifest=False)
+def test_runs_list_shows_the_published_run(published: PublishedRun, client: Any) -> None:
+    page = client.get("/", params={"model": published.model})
 
-    page = client.get("/")
-
-    assert page.status_code == 200
-    assert "manual__1" in page.text and "scheduled__2" in page.text
-    assert "half_written" not in page.text, "a report folder without its manifest is incomplete"
-    assert 'href="runs/mobilenet/manual__1/"' in page.text
-    assert f'href="{MLFLOW}/#/experiments/1/runs/abc123"' in page.text
-    assert "javascript:" not in page.text
-    assert "v3" in page.text and "tflite:fp16" in page.text
+    assert page.status_code == 200, page.text
+    registration = published.results["registration"]
+    assert f'href="runs/{published.model}/{published.run_id}/"' in page.text
+    assert published.results["selection"]["chosen"] in page.text
+    assert f"v{registration['model_version']}" in page.text
+    assert published.results["run"]["metric"]["title"] in page.text
+    assert f'href="{registration["model_version_url"]}"' in page.text
     assert "Content-Security-Policy" in page.headers
 
 
-def test_runs_are_listed_newest_first_and_limited(s3_env: None, plugin: Any) -> None:
-    def obj(model: str, run_id: str, minute: int, name: str = "_MANIFEST.json") -> dict:
-        key = f"runs/{model}/{run_id}/reports/{name}"
-        return {"Key": key, "LastModified": datetime(2025, 1, 1, 0, minute, tzinfo=UTC)}
+def test_run_page_shows_every_variant_with_its_verdict(
+    published: PublishedRun, client: Any
+) -> None:
+    from markupsafe import escape
 
-    pages = [
-        {"KeyCount": 3, "Contents": [obj("a", "old", 1), obj("a", "old", 1, "results.json")]},
-        {"KeyCount": 2, "Contents": [obj("b", "new", 9), obj("a", "mid", 5)]},
-        {"KeyCount": 1, "Contents": [{"Key": "runs/a/x/variants/tf/_MANIFEST.json"}]},
-    ]
+    page = client.get(published.page)
 
-    class Paginator:
-        def paginate(self, **kwargs: Any) -> list[dict]:
-            return pages
-
-    store = plugin.ReportStore()
-    store.client = type("Client", (), {"get_paginator": lambda self, name: Paginator()})()
-    assert [e.run_id for e in store.list_runs()] == ["new", "mid", "old"]
-    assert [e.run_id for e in store.list_runs(limit=1)] == ["new"]
-
-
-def test_runs_list_filters_by_model(s3: Any, client: Any) -> None:
-    publish_report(s3, "mobilenet", "manual__1")
-    publish_report(s3, "resnet", "scheduled__2")
-
-    page = client.get("/", params={"model": "resnet"})
-
-    assert page.status_code == 200
-    assert "scheduled__2" in page.text and "manual__1" not in page.text
-
-
-def test_runs_list_empty_bucket_says_so(s3: Any, client: Any) -> None:
-    page = client.get("/")
-    assert page.status_code == 200
-    assert "No published optimisation report yet" in page.text
-
-
-def test_run_page_shows_the_variant_table_and_plots(s3: Any, client: Any) -> None:
-    publish_report(s3, "mobilenet", "manual__1")
-
-    page = client.get("/runs/mobilenet/manual__1/")
-
-    assert page.status_code == 200
-    text = page.text
-    for expected in ("tf:fp32", "tflite:int8", "tftrt:fp16", "90.75 %", "3.100 ms", "6.87×"):
-        assert expected in text
-    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in text, "reasons are escaped"
-    assert "<script>alert" not in text
-    assert '<tr class="chosen">' in text
-    assert 'src="files/latency.png"' in text and 'src="files/accuracy_vs_latency.png"' in text
-    assert f'href="{MLFLOW}/#/experiments/1/runs/abc123"' in text
-    assert "javascript:" not in text, "only http(s) links are rendered"
-
-
-def test_run_page_hides_plots_the_manifest_does_not_list(s3: Any, client: Any) -> None:
-    publish_report(s3, "mobilenet", "manual__1", plots=False)
-    text = client.get("/runs/mobilenet/manual__1/").text
-    assert "files/latency.png" not in text and "This report has no plots" in text
+    assert page.status_code == 200, page.text
+    variants = published.results["variants"]
+    assert {v["variant"] for v in variants} == set(VARIANTS.split(","))
+    for variant in variants:
+        row = f'data-variant="{variant["variant"]}" data-verdict="{variant["verdict"]}"'
+        assert row in page.text
+        assert escape(variant["verdict_reason"] or variant["reason"]) in page.text
+    verdicts = {v["variant"]: v["verdict"] for v in variants}
+    assert verdicts["tftrt:int8"] == "skipped"
+    assert verdicts[published.results["selection"]["chosen"]] == "chosen"
+    assert f'<th class="num">{published.results["run"]["metric"]["title"]}</th>' in page.text
+    assert escape(published.results["selection"]["reason"]) in page.text
+    assert (
+        'src="files/latency.png"' in page.text
+        and 'src="files/accuracy_vs_latency.png"' in page.text
+    )
+    assert 'id="model-version-link"' in page.text
 
 
 def test_run_page_rewrites_mlflow_links_for_users(
-    s3: Any, client: Any, monkeypatch: pytest.MonkeyPatch
+    published: PublishedRun, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TFOPT_MLFLOW_UI_URL", "https://mlflow.example.com")
-    publish_report(s3, "mobilenet", "manual__1")
-    text = client.get("/runs/mobilenet/manual__1/").text
-    assert 'href="https://mlflow.example.com/#/experiments/1/runs/abc123"' in text
+    text = client.get(published.page).text
+    version = published.results["registration"]["model_version"]
+    assert (
+        f'href="https://mlflow.example.com/#/models/{published.model}/versions/{version}"' in text
+    )
 
 
-@pytest.mark.parametrize("path", ["/runs/mobilenet/nope/", "/runs/mobilenet/half_written/"])
-def test_unknown_or_incomplete_run_is_404_with_a_message(s3: Any, client: Any, path: str) -> None:
-    publish_report(s3, "mobilenet", "half_written", manifest=False)
-    page = client.get(path)
+def test_unknown_run_is_404_with_a_message(published: PublishedRun, client: Any) -> None:
+    page = client.get(f"/runs/{published.model}/no-such-run/")
     assert page.status_code == 404
     assert "No published report" in page.text
 
 
-def test_report_files_are_streamed_from_s3(s3: Any, client: Any) -> None:
-    publish_report(s3, "mobilenet", "manual__1")
+def test_report_files_are_served_from_s3(published: PublishedRun, client: Any) -> None:
+    png = client.get(f"{published.page}files/latency.png")
+    html = client.get(f"{published.page}files/report.html")
+    results = client.get(f"{published.page}files/results.json")
 
-    png = client.get("/runs/mobilenet/manual__1/files/latency.png")
-    html = client.get("/runs/mobilenet/manual__1/files/report.html")
-
-    assert png.status_code == 200 and png.content == PNG
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert png.headers["content-type"] == "image/png"
-    assert html.status_code == 200 and "tf:fp32" in html.text
+    assert html.status_code == 200 and published.run_id in html.text
     assert html.headers["content-security-policy"].startswith("sandbox")
+    assert results.json() == published.results
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["_MANIFEST.json", "secret.txt", "..%2F..%2Fother%2Freports%2Fresults.json", "latency.png"],
-)
-def test_only_published_report_files_are_served(s3: Any, client: Any, name: str) -> None:
-    publish_report(s3, "mobilenet", "manual__1", plots=False)
-    s3.put_object(Bucket=BUCKET, Key="runs/mobilenet/manual__1/reports/latency.png", Body=PNG)
-    s3.put_object(Bucket=BUCKET, Key="runs/mobilenet/manual__1/reports/secret.txt", Body=b"x")
-    response = client.get(f"/runs/mobilenet/manual__1/files/{name}")
-    assert response.status_code == 404
+@pytest.mark.parametrize("name", ["_MANIFEST.json", "secret.txt", "..%2F..%2Fother%2Fresults.json"])
+def test_only_published_report_files_are_served(
+    published: PublishedRun, client: Any, name: str
+) -> None:
+    assert client.get(f"{published.page}files/{name}").status_code == 404
+
+
+def test_a_run_published_by_an_older_tfopt_says_so(
+    published: PublishedRun, client: Any, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tasks import storage
+
+    older = {k: v for k, v in published.results.items() if k != "format_version"}
+    (tmp_path / "results.json").write_text(json.dumps(older))
+    root = storage.default_run_root()
+    with storage.using_s3(storage.S3Settings.from_env(s3_env)):
+        storage.publish_tree(tmp_path, f"{root}/{published.model}/older-run/reports")
+
+    listing = client.get("/", params={"model": published.model})
+    page = client.get(f"/runs/{published.model}/older-run/")
+
+    assert "published by an older tfopt" in listing.text
+    assert page.status_code == 200 and "published by an older tfopt" in page.text
+    assert 'id="variants"' not in page.text and 'href="files/results.json"' in page.text
+
+
+# --- S3 through the connection ------------------------------------------------------------------
+
+
+def test_another_connection_id_is_honoured(
+    published: PublishedRun, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_connection(monkeypatch, "team_s3")
+    assert published.run_id in client.get("/", params={"model": published.model}).text
+
+
+def test_wrong_credentials_in_the_connection_are_reported(
+    published: PublishedRun, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_connection(monkeypatch, "bad_s3", password="wrong-secret")
+    page = client.get("/")
+    assert page.status_code == 503
+    assert "access denied" in page.text and "Traceback" not in page.text
+    assert "wrong-secret" not in page.text
 
 
 def test_unreachable_s3_shows_an_error_not_a_stack_trace(
-    s3_env: None, client: Any, monkeypatch: pytest.MonkeyPatch
+    published: PublishedRun, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TFOPT_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    set_connection(
+        monkeypatch, "down_s3", extra={"endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    )
 
     index = client.get("/")
-    run = client.get("/runs/mobilenet/manual__1/")
+    run = client.get(published.page)
 
     for page in (index, run):
         assert page.status_code == 503
         assert 'class="error"' in page.text and "Traceback" not in page.text
     assert "Cannot read the optimisation runs from S3" in index.text
-    assert "Could not connect" in index.text
+    assert "unreachable" in index.text and "down_s3" in index.text
 
 
-def test_missing_bucket_is_reported(s3: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TFOPT_BUCKET", "no-such-bucket")
-    page = client.get("/")
-    assert page.status_code == 503 and "NoSuchBucket" in page.text
-
-
-def test_runs_root_can_be_moved(s3: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TFOPT_RUN_ROOT", f"s3://{BUCKET}/elsewhere/runs")
-    s3.put_object(
-        Bucket=BUCKET, Key="elsewhere/runs/m/r1/reports/_MANIFEST.json", Body=b'{"files": {}}'
-    )
-    s3.put_object(
-        Bucket=BUCKET, Key="elsewhere/runs/m/r1/reports/results.json", Body=json.dumps(RESULTS)
-    )
-    page = client.get("/")
-    assert "r1" in page.text and "s3://tfopt/elsewhere/runs/" in page.text
+def test_an_undefined_connection_falls_back_to_the_environment(
+    published: PublishedRun, client: Any, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TFOPT_S3_CONN_ID", "not_defined")
+    monkeypatch.setenv("TFOPT_S3_ENDPOINT_URL", s3_env["TFOPT_S3_ENDPOINT_URL"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_env["AWS_ACCESS_KEY_ID"])
+    assert published.run_id in client.get("/", params={"model": published.model}).text
 
 
 # --- extra links --------------------------------------------------------------------------------
@@ -505,7 +471,7 @@ AIRFLOW_CHECK = textwrap.dedent(
     out["views"] = [v for p in plugins if p["name"] == "tfopt" for v in p["external_views"]]
     out["anonymous"] = client.get("/tfopt/").status_code
     out["no_role"] = client.get("/tfopt/", cookies={"_token": nobody}).status_code
-    page = client.get("/tfopt/", cookies={"_token": viewer})
+    page = client.get("/tfopt/", params={"model": os.environ["MODEL"]}, cookies={"_token": viewer})
     out["page"] = [page.status_code, page.text]
     out["icon"] = client.get("/tfopt/icon.svg").status_code
     print("RESULT " + json.dumps(out))
@@ -513,52 +479,36 @@ AIRFLOW_CHECK = textwrap.dedent(
 )
 
 
-def test_links_and_page_inside_airflow(tmp_path: Path) -> None:
-    """A real task's XCom feeds the links (Airflow REST) and the API server serves the page."""
-    from moto.server import ThreadedMotoServer
-
+def test_links_and_page_inside_airflow(
+    published: PublishedRun, local_stack, tmp_path: Path
+) -> None:
+    """A real task's XCom feeds the links (Airflow REST); the API server serves the page, reading
+    S3 through the stack's `tfopt_s3` connection."""
     (tmp_path / "dags").mkdir()
     dag_source = LINK_DAG.replace("REGISTER_RESULT", repr(REGISTER_RESULT))
     (tmp_path / "dags" / "dag.py").write_text(dag_source)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        import boto3
-
-        reset_moto(endpoint)  # moto's state is per process: start clean, leave clean
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket=BUCKET)
-        publish_report(s3, "mobilenet", "manual__1")
-        env = airflow_env(
-            tmp_path,
-            TFOPT_S3_ENDPOINT_URL=endpoint,
-            TFOPT_BUCKET=BUCKET,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-            MLFLOW_TRACKING_URI=MLFLOW,
-        )
-        env.pop("TFOPT_MLFLOW_UI_URL", None)
-        env.pop("TFOPT_RUN_ROOT", None)
-        proc = subprocess.run(
-            [sys.executable, "-c", AIRFLOW_CHECK],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        reset_moto(endpoint)
-        server.stop()
+    env = airflow_env(
+        tmp_path,
+        AIRFLOW_CONN_TFOPT_S3=local_stack.env["AIRFLOW_CONN_TFOPT_S3"],
+        TFOPT_BUCKET=local_stack.bucket,
+        MLFLOW_TRACKING_URI=MLFLOW,
+        MODEL=published.model,
+    )
+    for name in (
+        "TFOPT_MLFLOW_UI_URL",
+        "TFOPT_RUN_ROOT",
+        "TFOPT_S3_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
+        env.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", AIRFLOW_CHECK],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT ") :])
@@ -571,7 +521,8 @@ def test_links_and_page_inside_airflow(tmp_path: Path) -> None:
     assert out["views"] and out["views"][0]["href"] == "/tfopt/"
     assert out["anonymous"] == 401 and out["no_role"] == 403
     status, text = out["page"]
-    assert status == 200 and "manual__1" in text and "tflite:int8" in text
+    assert status == 200 and published.run_id in text
+    assert published.results["selection"]["chosen"] in text
     assert out["icon"] == 200
 
 
