@@ -89,12 +89,22 @@ def test_optimize_model_has_the_expected_shape(dagbag):
             "prepare_data",
             f"convert_{lane}",
         }
+    for lane in ("cpu", "gpu"):
+        assert upstream[f"variant_{lane}"] == {
+            f"{s}_{lane}" for s in ("convert", "validate", "benchmark")
+        }
     assert {
-        f"{s}_{lane}" for s in ("convert", "validate", "benchmark") for lane in ("cpu", "gpu")
+        f"{s}_{lane}"
+        for s in ("convert", "validate", "benchmark", "variant")
+        for lane in ("cpu", "gpu")
     } < (upstream["select"])
     assert upstream["register"] == {"resolve_config", "export", "prepare_data", "select"}
-    assert upstream["report"] == {"resolve_config", "select", "register"}
+    assert upstream["report"] == {"resolve_config", "prepare_data", "select", "register"}
     tasks = {task.task_id: task for task in dag.tasks}
+    assert tasks["select"].trigger_rule == "all_done", "a FAILED variant must not stop select"
+    assert tasks["variant_cpu"].retries == 0
+    for stage in ("convert", "validate", "benchmark", "variant"):
+        assert tasks[f"{stage}_cpu"].map_index_template == "{{ variant }}"
     assert tasks["benchmark_cpu"].pool == "tfopt_benchmark"
     assert tasks["convert_gpu"].queue == "gpu"
     assert all(task.execution_timeout is not None for task in dag.tasks)
@@ -115,6 +125,8 @@ def test_the_trigger_form_refuses_bad_params(dagbag):
         "batch_sizes": [0],
         "registered_model_name": "bad name!",
         "latency_slo_ms": -5,
+        "num_threads": 0,
+        "metric": "accuracy",
     }
     for name, value in bad.items():
         candidate = copy.deepcopy(params)
@@ -183,3 +195,59 @@ def test_a_bad_model_uri_fails_the_first_task_without_retry(
     assert "does not exist" in output
     assert "up_for_retry" not in output
     assert MlflowClient().search_model_versions(f"name = '{model_name}'") == []
+
+
+FAILING_VARIANT_RUN = """
+import json, os, runpy, sys
+sys.path.insert(0, {dags!r})
+from tasks.backends.tflite import TfliteBackend
+
+original = TfliteBackend.convert
+
+
+def convert(self, request):
+    if request.precision == "int8":
+        raise RuntimeError("injected converter crash")
+    return original(self, request)
+
+
+TfliteBackend.convert = convert
+dag = runpy.run_path(os.path.join({dags!r}, "optimize_model.py"))["optimize_model"]
+run = dag.test(run_conf=json.loads({conf!r}))
+states = {{
+    f"{{ti.task_id}}[{{ti.rendered_map_index or ti.map_index}}]": str(ti.state)
+    for ti in run.get_task_instances()
+}}
+print("RESULT " + json.dumps({{"state": str(run.state), "tasks": states}}))
+"""
+
+
+def test_a_variant_that_throws_is_red_while_the_run_succeeds(
+    local_stack, tiny_bundle, model_name, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    conf = _conf(tiny_bundle, model_name, variants=["tf:fp32", "tflite:fp32", "tflite:int8"])
+    probe = FAILING_VARIANT_RUN.format(dags=str(DAGS), conf=json.dumps(conf))
+    env = {**os.environ, "TFOPT_WORK_DIR": str(tmp_path / "work")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=900, env=env
+    )
+    output = result.stdout + result.stderr
+    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, output[-6000:]
+    run = json.loads(line[len("RESULT ") :])
+
+    assert run["state"] == "success", run
+    tasks = run["tasks"]
+    assert tasks["variant_cpu[tflite:int8]"] == "failed", tasks
+    assert tasks["variant_cpu[tflite:fp32]"] == "success", tasks
+    assert tasks["convert_cpu[tflite:int8]"] == "success", (
+        "the stage returns FAILED, it does not raise"
+    )
+    assert {tasks[t] for t in ("select[-1]", "register[-1]", "report[-1]")} == {"success"}
+    assert "injected converter crash" in output
+    champion = MlflowClient().get_model_version_by_alias(model_name, "champion")
+    assert champion.tags["variant"] != "tflite:int8"
+    assert champion.tags["rejected.tflite:int8"].startswith("FAILED")
+    assert "injected converter crash" in champion.tags["rejected.tflite:int8"]
