@@ -174,6 +174,7 @@ def outcome(stages: list[dict[str, Any]]) -> dict[str, Any]:
 
 @task(trigger_rule="all_done")
 @user_errors_fail_fast
+@with_connections
 def select(
     settings: dict[str, Any], conversions: list, validations: list, benchmarks: list
 ) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Airflow glue shared by tfopt's DAGs: params, the asset, connections and error handling.
 
-Imports only Airflow's SDK and the pipeline's plain configuration (`tasks.config`: dataclasses,
-no TensorFlow/MLflow/boto3/numpy) at module level, so DAG parsing stays light; the stages are
-imported inside the task callables.
+Imports only Airflow's SDK, the models file's loader and the pipeline's plain configuration
+(`tasks.config`: dataclasses, no TensorFlow/MLflow/boto3/numpy) at module level, so DAG parsing
+stays light; the stages and the connection resolver are imported inside the task callables.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from tfopt_models import DEFAULT_MLFLOW_CONN_ID, DEFAULT_S3_CONN_ID
 
 from tasks.config import AUTO_METRIC, KNOWN_VARIANTS, METRIC_NAMES, OBJECTIVES, AccuracyGate
 
@@ -42,8 +43,8 @@ CONNECTION_PARAMS = ("aws_conn_id", "mlflow_conn_id")
 def optimize_params(
     defaults: dict[str, Any] | None = None,
     *,
-    aws_conn_id: str = "tfopt_s3",
-    mlflow_conn_id: str = "mlflow_default",
+    aws_conn_id: str = DEFAULT_S3_CONN_ID,
+    mlflow_conn_id: str = DEFAULT_MLFLOW_CONN_ID,
 ) -> dict[str, Param]:
     """The trigger form: the same names as `tfopt optimize`'s flags, typed and validated.
 
