@@ -26,32 +26,36 @@ DEFAULT_S3_CONN_ID = "tfopt_s3"
 DEFAULT_MLFLOW_CONN_ID = "mlflow_default"
 
 
-def get_connection(conn_id: str) -> Any | None:
-    """The Airflow connection `conn_id` (Task SDK in tasks, metastore elsewhere); None if absent."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
+def get_connection(conn_id: str, *, in_task: bool = True) -> Any | None:
+    """The Airflow connection `conn_id`, or None when it is not defined.
 
-    try:
+    Args:
+        in_task: inside a task (the Task SDK asks the API server); False in the API server
+            itself, which reads environment variables, secrets backends and the metastore.
+    """
+    if in_task:
         from airflow.sdk import BaseHook
-
-        return BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
-    except (ImportError, RuntimeError):  # no task supervisor here: the API server reads the DB
-        from airflow.exceptions import AirflowNotFoundException as CoreNotFound
-        from airflow.models.connection import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
 
         try:
-            return Connection.get_connection_from_secrets(conn_id)
-        except (AirflowNotFoundException, CoreNotFound):
+            return BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
             return None
+    from airflow.exceptions import AirflowNotFoundException as NotFound
+    from airflow.models.connection import Connection
+
+    try:
+        return Connection.get_connection_from_secrets(conn_id)
+    except NotFound:
+        return None
 
 
-def s3_settings(conn_id: str | None = DEFAULT_S3_CONN_ID) -> S3Settings:
+def s3_settings(conn_id: str | None = DEFAULT_S3_CONN_ID, *, in_task: bool = True) -> S3Settings:
     """S3 settings from the amazon-provider connection `conn_id`, else from the environment."""
     from tasks.storage import DEFAULT_REGION, S3Settings
 
     env = S3Settings.from_env()
-    conn = get_connection(conn_id) if conn_id else None
+    conn = get_connection(conn_id, in_task=in_task) if conn_id else None
     if conn is None:
         log.warning("S3 connection %r is not defined: using the environment (%s)", conn_id, env)
         return env
@@ -70,11 +74,13 @@ def s3_settings(conn_id: str | None = DEFAULT_S3_CONN_ID) -> S3Settings:
     return settings
 
 
-def mlflow_settings(conn_id: str | None = DEFAULT_MLFLOW_CONN_ID) -> MlflowSettings:
+def mlflow_settings(
+    conn_id: str | None = DEFAULT_MLFLOW_CONN_ID, *, in_task: bool = True
+) -> MlflowSettings:
     """MLflow settings from the http connection `conn_id`, else from the environment."""
     from tasks.tracking import MlflowSettings
 
-    conn = get_connection(conn_id) if conn_id else None
+    conn = get_connection(conn_id, in_task=in_task) if conn_id else None
     if conn is None:
         env = MlflowSettings.from_env()
         log.warning("MLflow connection %r is not defined: using the environment (%s)", conn_id, env)

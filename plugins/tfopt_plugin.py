@@ -226,7 +226,7 @@ class ReportStore:
         from tasks import storage
 
         with _storage_errors("Reading the S3 connection"):
-            storage.configure_s3(s3_settings(conn_ids_from_env()[0]))
+            storage.configure_s3(s3_settings(conn_ids_from_env()[0], in_task=False))
         self.root = storage.default_run_root()
 
     @property
