@@ -76,7 +76,12 @@ def test_optimize_model_has_the_expected_shape(dagbag):
     assert upstream["export"] == {"resolve_config"}
     assert upstream["prepare_data"] == {"resolve_config", "export"}
     for lane in ("cpu", "gpu"):
-        assert upstream[f"convert_{lane}"] == {"resolve_config", "export", f"{lane}_variants"}
+        assert upstream[f"convert_{lane}"] == {
+            "resolve_config",
+            "export",
+            "prepare_data",
+            f"{lane}_variants",
+        }
         assert upstream[f"validate_{lane}"] == {
             "resolve_config",
             "export",
