@@ -178,6 +178,8 @@ def default_run_root() -> str:
 def credentials_source(environ: dict[str, str] | None = None) -> str:
     """Where the S3 credentials in use come from, for error messages (never their values)."""
     env = os.environ if environ is None else environ
+    if environ is None and _configured_s3 is not None:
+        return "the S3 settings this process was given (an Airflow connection)"
     if env.get("AWS_ACCESS_KEY_ID"):
         return "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
     if env.get("AWS_PROFILE"):
@@ -207,7 +209,7 @@ def _map_client_error(exc: Exception, uri: str, action: str) -> TfoptError:
         return UserInputError(
             f"cannot {action} {uri}: S3 rejected the credentials ({code}); they come from "
             f"{credentials_source()}: fix them for the endpoint "
-            f"{S3Settings.from_env().endpoint_url or 'AWS S3'}"
+            f"{current_s3_settings().endpoint_url or 'AWS S3'}"
         )
     if code in _DENIED_CODES or status == 403:
         return UserInputError(

@@ -317,7 +317,8 @@ def test_wrong_credentials_in_the_connection_are_reported(
     set_connection(monkeypatch, "bad_s3", password="wrong-secret")
     page = client.get("/")
     assert page.status_code == 503
-    assert "access denied" in page.text and "Traceback" not in page.text
+    assert "rejected the credentials" in page.text and "Airflow connection" in page.text
+    assert "Traceback" not in page.text
     assert "wrong-secret" not in page.text
 
 
