@@ -46,7 +46,9 @@ from tfopt_airflow import (
     VARIANT_LABEL,
     name_the_variant,
     optimize_params,
+    removes_scratch,
     skipped_stays_skipped,
+    task_scratch,
     user_errors_fail_fast,
     variant_outcome,
     with_connections,
@@ -64,8 +66,11 @@ def _config_and_run(settings: dict[str, Any]):
 
     pipeline = {k: v for k, v in settings.items() if k not in CONNECTION_PARAMS}
     config = PipelineConfig.from_params(pipeline)
-    run_id = get_current_context()["dag_run"].run_id
-    return config, RunContext.create(run_id, config.registered_model_name)
+    context = get_current_context()
+    ti = context["ti"]
+    run = RunContext.create(context["dag_run"].run_id, config.registered_model_name)
+    label = f"{ti.task_id}.{ti.map_index}.{ti.try_number}"
+    return config, task_scratch(run.for_task(label))
 
 
 def _result(data: dict[str, Any]):
@@ -92,6 +97,7 @@ def resolve_config() -> dict[str, Any]:
 @task(retries=1)
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def export(settings: dict[str, Any]) -> dict[str, Any]:
     from tasks.stages import export_stage
 
@@ -101,6 +107,7 @@ def export(settings: dict[str, Any]) -> dict[str, Any]:
 @task
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def prepare_data(settings: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
     from tasks.stages import prepare_data_stage
 
@@ -119,6 +126,7 @@ def lane_variants(settings: dict[str, Any], lane: str) -> list[str]:
 @skipped_stays_skipped
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def convert(
     variant: str, settings: dict[str, Any], exported: dict[str, Any], data: dict[str, Any]
 ) -> dict[str, Any]:
@@ -133,6 +141,7 @@ def convert(
 @task(map_index_template=VARIANT_LABEL)
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def validate(
     conversion: dict[str, Any],
     settings: dict[str, Any],
@@ -151,6 +160,7 @@ def validate(
 @task(pool=BENCHMARK_POOL, map_index_template=VARIANT_LABEL)
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def benchmark(
     conversion: dict[str, Any],
     settings: dict[str, Any],
@@ -175,6 +185,7 @@ def outcome(stages: list[dict[str, Any]]) -> dict[str, Any]:
 @task(trigger_rule="all_done")
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def select(
     settings: dict[str, Any], conversions: list, validations: list, benchmarks: list
 ) -> dict[str, Any]:
@@ -193,6 +204,7 @@ def select(
 @task
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def register(
     settings: dict[str, Any], exported: dict, data: dict, selected: dict
 ) -> dict[str, Any]:
@@ -208,6 +220,7 @@ def register(
 @task
 @user_errors_fail_fast
 @with_connections
+@removes_scratch
 def report(
     settings: dict[str, Any], data: dict, selected: dict, registered: dict
 ) -> dict[str, Any]:
@@ -219,7 +232,6 @@ def report(
     result = report_stage(
         config, run, summaries, selected["selection"], _result(registered), _result(data)
     )
-    run.cleanup()
     return {**result.to_dict(), "report_uri": result.uris["report_uri"]}
 
 

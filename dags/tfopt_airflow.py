@@ -239,6 +239,35 @@ def skipped_stays_skipped(fn: Callable[..., dict[str, Any]]) -> Callable[..., di
     return wrapper
 
 
+_TASK_SCRATCH: list[Any] = []
+"""The scratch spaces (RunContexts) the running task made; removed when it ends."""
+
+
+def task_scratch(run: Any) -> Any:
+    """Register a task's RunContext, so that `removes_scratch` cleans its scratch space."""
+    _TASK_SCRATCH.append(run)
+    return run
+
+
+def removes_scratch(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Remove the task's private scratch space on this worker when the task ends, failed or not.
+
+    Every task of a run has scratch of its own (`RunContext.for_task`), so removing it never
+    pulls files from under another task; what is worth keeping is published to S3 or sits in
+    the worker's verified cache.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            while _TASK_SCRATCH:
+                _TASK_SCRATCH.pop().cleanup()
+
+    return wrapper
+
+
 def with_connections(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run the task with S3 and MLflow set up from the run's `aws_conn_id` / `mlflow_conn_id`.
 

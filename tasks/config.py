@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -290,12 +290,22 @@ class RunContext:
 
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
+    def for_task(self, label: str) -> RunContext:
+        """The same run with scratch space of one task's own (`<run scratch>/<label>`), so a
+        task can remove its scratch when it ends while other tasks of the run go on."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._") or "task"
+        return replace(self, work_dir=str(Path(self.work_dir) / safe))
+
     def local(self, *parts: str) -> Path:
         """A folder in the run's private scratch space, created on first use."""
-        from tasks.scratch import private_tree
+        from tasks.scratch import private_tree, work_root
 
         work = Path(self.work_dir)
-        scratch = private_tree(work.parent.parent, work.parent.name, work.name)
+        root = work_root()
+        levels = work.relative_to(root).parts if work.is_relative_to(root) else ()
+        if not levels:
+            root, levels = work.parent.parent, (work.parent.name, work.name)
+        scratch = private_tree(root, *levels)
         path = scratch.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path

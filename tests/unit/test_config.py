@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tasks.config import PipelineConfig, RunContext, VariantSpec
@@ -63,3 +65,22 @@ def test_a_run_lives_under_the_run_root(monkeypatch, tmp_path):
     moved = RunContext.create("r1", "demo")
     assert moved.uri("reports") == "s3://elsewhere/tfopt-runs/demo/r1/reports"
     assert moved.local("x").is_dir() and str(moved.local("x")).startswith(str(tmp_path))
+
+
+def test_each_task_has_private_scratch_it_can_remove_alone(tmp_path, monkeypatch):
+    import stat
+
+    monkeypatch.setenv("TFOPT_WORK_DIR", str(tmp_path / "work"))
+    run = RunContext.create("manual__2026-11-30T10:00:00+00:00", "demo")
+    convert = run.for_task("convert_cpu.0.1")
+    validate = run.for_task("validate_cpu.0.1")
+    (convert.local("model") / "weights").write_bytes(b"x")
+    kept = validate.local("eval") / "shard.npz"
+    kept.write_bytes(b"y")
+    assert stat.S_IMODE(Path(convert.work_dir).stat().st_mode) == 0o700
+    assert Path(convert.work_dir).parent == Path(run.work_dir)
+
+    convert.cleanup()
+
+    assert not Path(convert.work_dir).exists()
+    assert kept.read_bytes() == b"y"  # another task's scratch is untouched
