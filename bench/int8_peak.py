@@ -73,6 +73,43 @@ def _rate(content: bytes, n: int, threads: int) -> float:
     return round(_best_gflops(interpreter.invoke, n), 1)
 
 
+class GemmRunner:
+    """One `[n, n] x [n, n]` FullyConnected per call, whatever the feeds: a runner that
+    `benchmark_interleaved` can measure in the same rounds as a network, so the peak and the
+    network see the same machine."""
+
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+    def __init__(self, content: bytes, n: int, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.ops = 2.0 * n**3
+        self._interpreter = Interpreter(model_content=content, num_threads=threads)
+        detail = self._interpreter.get_input_details()[0]
+        self._interpreter.resize_tensor_input(detail["index"], [n, n])
+        self._interpreter.allocate_tensors()
+        rng = np.random.default_rng(1)
+        if detail["dtype"] == np.int8:
+            x = rng.integers(-128, 127, size=(n, n), dtype=np.int8)
+        else:
+            x = rng.standard_normal((n, n), dtype=np.float32)
+        self._interpreter.set_tensor(detail["index"], x)
+
+    def __call__(self, feeds: dict) -> dict:
+        self._interpreter.invoke()
+        return {}
+
+
+def gemm_runners(threads: int, n: int = SIZES[0]) -> dict[str, GemmRunner]:
+    """`gemm:fp32` and `gemm:int8` runners of one size (GOP per call in `.ops`)."""
+    model = _dense_model(n)
+    return {
+        "gemm:fp32": GemmRunner(_convert(model, n, int8=False), n, threads),
+        "gemm:int8": GemmRunner(_convert(model, n, int8=True), n, threads),
+    }
+
+
 def measure_gemm_peaks(threads: int) -> dict[str, Any]:
     """INT8 and FP32 GOP/s per size; the peaks are the best of the sizes."""
     int8: dict[str, float] = {}

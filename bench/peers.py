@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peer_runners, realsize
+from bench.int8_peak import gemm_runners
 
 logger = logging.getLogger("bench.peers")
 
@@ -136,9 +137,14 @@ def prepare(model_name: str, work: Path, plan: dict[str, Any]) -> tuple[Any, Pat
 
 
 def judge_and_measure(
-    runners: dict[str, Any], infos: dict[str, dict], data: dict[str, Any], plan: dict[str, Any]
-) -> dict[str, Any]:
-    """Fidelity of every runner vs TF, then one interleaved benchmark of all of them."""
+    runners: dict[str, Any],
+    infos: dict[str, dict],
+    data: dict[str, Any],
+    plan: dict[str, Any],
+    gemms: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Fidelity of every runner vs TF, then one interleaved benchmark of all of them and of
+    the GEMM peak runners; (the rounds, the GEMM runners' p50 and GOP/s)."""
     from tasks.benchmark import BenchmarkSettings, benchmark_interleaved
 
     feeds, reference = data["eval_feeds"], data["reference"]
@@ -154,9 +160,13 @@ def judge_and_measure(
         round_seconds=plan["round_seconds"],
         max_seconds=60.0,
     )
-    measured = benchmark_interleaved(runners, {1: feeds[:MEASURED_FEEDS]}, settings)
+    measured = benchmark_interleaved({**runners, **gemms}, {1: feeds[:MEASURED_FEEDS]}, settings)
+    peaks: dict[str, dict] = {}
     for name, by_size in measured.reports.items():
         report = by_size[1]
+        if name in gemms:
+            peaks[name] = {"p50_ms": report.p50_ms, "gops": gemms[name].ops / report.p50_ms / 1e6}
+            continue
         infos[name]["latency"] = {
             "p50_ms": report.p50_ms,
             "p99_ms": report.p99_ms,
@@ -166,7 +176,7 @@ def judge_and_measure(
             "stable": report.stable,
             "iterations": report.iterations,
         }
-    return measured.summary()
+    return measured.summary(), peaks
 
 
 def headline(rows: dict[str, dict]) -> dict[str, Any]:
@@ -219,7 +229,7 @@ def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[st
         rows[name] = {"kind": "peer", **info}
         if runner is not None:
             runners[name] = runner
-    rounds = judge_and_measure(runners, rows, data, plan)
+    rounds, peaks = judge_and_measure(runners, rows, data, plan, gemm_runners(threads))
     rows["peer:tf-as-exported"] = {**rows[BASELINE], "kind": "peer", "same_as": BASELINE}
     return {
         "model": model_name,
@@ -232,6 +242,7 @@ def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[st
         "gate": f"fidelity cosine >= {1 - GATE_COSINE_DROP:.2f} (drop <= {GATE_COSINE_DROP})",
         "rows": rows,
         "rounds": rounds,
+        "interleaved_peaks": peaks,
         **headline(rows),
     }
 
