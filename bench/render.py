@@ -94,7 +94,7 @@ def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str
     gate = "-" if "passed" not in row else ("pass" if row["passed"] else "FAIL")
     return [
         name,
-        row["status"] if row["status"] == "OK" else f"{row['status']}: {row.get('reason', '')}",
+        row["status"],
         _ms(lat.get("p50_ms")),
         _fmt(lat.get("round_p50_iqr_ms"), ".3f"),
         "-" if not spread else f"{_ms(spread[0])}-{_ms(spread[1])}",
@@ -127,7 +127,12 @@ def peers_table(network: dict[str, Any]) -> str:
         f"peer {network.get('best_peer')} {_ms(network.get('best_peer_p50_ms'))} ms: "
         f"{_fmt(ratio, '.2f', 'x')}"
     )
-    return title + "\n" + _table(_PEER_HEADER, body)
+    notes = [
+        f"  {name}: {rows[name]['status']}: {rows[name].get('reason', '')}"
+        for name in order
+        if rows[name]["status"] != "OK"
+    ]
+    return "\n".join([title, _table(_PEER_HEADER, body), *notes])
 
 
 def realsize_cost_table(orchestration: dict[str, Any]) -> str:
