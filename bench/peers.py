@@ -56,6 +56,20 @@ def fidelity(runner: Callable, feeds: Sequence[dict], reference: Sequence[dict])
     return {key: round(float(v), 6) for key, v in value.details.items()}
 
 
+def accuracy_validation(feeds: Sequence[dict], reference: Sequence[dict]) -> Any:
+    """The gate's metric on the eval images, as the convert stage hands it to INT8 quantizers
+    that repair accuracy (NNCF's accuracy control keeps the costly layers in FP32)."""
+    from tasks.backends.base import AccuracyValidation
+
+    def cosine(runner: Any, indices: Sequence[int] | None) -> float:
+        chosen = range(len(feeds)) if indices is None else indices
+        return fidelity(runner, [feeds[i] for i in chosen], [reference[i] for i in chosen])[
+            "cosine"
+        ]
+
+    return AccuracyValidation(samples=list(feeds), metric=cosine, higher_is_better=True)
+
+
 def build_tfopt(
     variant: str, saved_model: Path, work: Path, threads: int, data: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
@@ -74,6 +88,9 @@ def build_tfopt(
         output_dir=work / variant.replace(":", "-"),
         calibration_data=lambda: iter(data["calibration_feeds"]),
         batch_sizes=(1,),
+        validation=data.get("validation") if precision == "int8" else None,
+        accuracy_tolerance=GATE_COSINE_DROP,
+        objective="latency",
     )
     try:
         conversion = backend.convert(request)
@@ -221,6 +238,7 @@ def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[st
         rows[variant] = {"kind": "tfopt", **info}
         if variant == BASELINE and runner is not None:
             data["reference"] = [runner(feed) for feed in data["eval_feeds"]]
+            data["validation"] = accuracy_validation(data["eval_feeds"], data["reference"])
         if runner is not None:
             runners[variant] = runner
     if "reference" not in data:
