@@ -102,9 +102,9 @@ class SleepRunner(BusyRunner):
         return {"y": feeds["x"]}
 
 
-def test_p50_matches_known_cost_and_percentiles_are_ordered() -> None:
-    report = measure(SleepRunner(cost_s=0.002), _feeds(1), 1, FAST)
-    assert 2.0 <= report.p50_ms < 3.0
+def test_p50_matches_known_cost_and_percentiles_are_ordered(clock: FakeClock) -> None:
+    report = measure(ClockedRunner(clock, lambda call: 2.0 + (call % 10) / 10), _feeds(1), 1, FAST)
+    assert report.p50_ms == pytest.approx(2.45, abs=0.051)  # calls cost 2.0 ... 2.9 ms in turn
     ordered = [report.min_ms, report.p50_ms, report.p90_ms, report.p95_ms, report.p99_ms]
     assert ordered == sorted(ordered)
     assert report.p99_ms <= report.max_ms
