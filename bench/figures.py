@@ -55,7 +55,7 @@ def variant_figures(
         "speedup_b8": _ratio(_batch(base, "p50_ms_by_batch", 8), p50_8),
         "throughput": row.get("throughput"),
         "throughput_ratio": _ratio(row.get("throughput"), base.get("throughput")),
-        "top1": row.get("metric"),
+        "top1": row.get("metric_value"),
         "top1_drop_points": -100 * delta + 0.0 if delta is not None else None,
         "size_bytes": row.get("size_bytes"),
         "size_ratio": _ratio(row.get("size_bytes"), base.get("size_bytes")),

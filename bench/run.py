@@ -169,7 +169,7 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
     export_dir = fetch_file(f"{run['root_uri']}/export", work / "export")
     eval_uri = run["config"]["eval_data_uri"]
     out = []
-    for row in run["rows"]:
+    for row in run["variants"]:
         if not row["variant"].startswith("tflite:") or row["status"] != "OK":
             continue
         local = fetch_file(row["model_uri"], work / row["variant"].replace(":", "-"))
@@ -338,7 +338,7 @@ def orchestration_on_realsize(args: argparse.Namespace, load: LoadLog) -> dict[s
 def assemble(m: dict[str, Any], load: LoadLog, started: float) -> dict[str, Any]:
     """The JSON document: machine, figures per variant, harness checks, costs, targets."""
     peak = max(m["peak"]["before"]["peak_gflops"], m["peak"]["after"]["peak_gflops"])
-    rows = m["cli"]["results"]["rows"]
+    rows = m["cli"]["results"]["variants"]
     bench: dict[str, Any] = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": describe_hardware(),
@@ -350,7 +350,7 @@ def assemble(m: dict[str, Any], load: LoadLog, started: float) -> dict[str, Any]
         "peak": {"peak_gflops": peak, **m["peak"]},
         "variants": figures.all_variant_figures(rows, m["flops"]["flops"], peak),
         "harness_vs_tool": m["tool"],
-        "repeatability": repeatability(rows, m["dag"]["results"]["rows"]),
+        "repeatability": repeatability(rows, m["dag"]["results"]["variants"]),
         "conversion": conversion_costs(rows, m["cli"]["stages"]),
         "pipeline_cost": {
             "cli": figures.cost_figures(m["cli"]),
