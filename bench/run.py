@@ -331,7 +331,7 @@ def orchestration_on_realsize(args: argparse.Namespace, load: LoadLog) -> dict[s
         "cli": figures.cost_figures(cli),
         "dag": figures.cost_figures(dag),
         "selected": cli["results"]["selection"]["chosen"],
-        "selected_by_dag_run": dag["results"]["chosen"],
+        "selected_by_dag_run": dag["results"]["selection"]["chosen"],
     }
 
 
