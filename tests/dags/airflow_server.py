@@ -144,7 +144,7 @@ def airflow_standalone(
 
     Its database gets the benchmark pool first; the whole process group is stopped at the end.
     """
-    from infra.local.stack import migrate_airflow_db
+    from infra.local.bootstrap import migrate_airflow_db
 
     home.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
@@ -171,7 +171,9 @@ def airflow_standalone(
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log_path = home / "standalone.log"
-    migrate_airflow_db(home / "airflow.db", env, home / "migrate.log")
+    migrate_airflow_db(
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], home / "migrated", env, home / "migrate.log"
+    )
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [str(BIN / "airflow"), "standalone"],

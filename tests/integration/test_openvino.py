@@ -303,8 +303,9 @@ def test_served_from_mlflow_with_the_openvino_runtime_pinned(local_stack, tiny, 
     conversion = _get_backend("openvino").convert(_request(tiny, tmp_path / "fp32", "fp32"))
     example = {INPUT: tiny["images"][:2]}
     mlflow.set_experiment(f"tfopt/it-openvino-{tmp_path.name}")
-    with mlflow.start_run():
+    with mlflow.start_run() as run:
         uri = registry.log_pyfunc(
+            run.info.run_id,
             conversion.artifact_dir,
             conversion.artifact_dir,
             {"variant": "openvino:fp32"},
