@@ -78,4 +78,8 @@ def _reset_tracking_uri(uri: str | None) -> None:
 
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None:
-        mlflow.set_tracking_uri(uri)
+        # Forget any URI set in-process (set_tracking_uri(None) also drops the variable), so
+        # that MLflow reads the environment again: an in-process URI would outlive this block.
+        mlflow.set_tracking_uri(None)
+        if uri is not None:
+            os.environ[_ENV_NAMES["tracking_uri"]] = uri

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
@@ -50,6 +51,8 @@ def test_use_mlflow_sets_and_restores_the_client_environment(monkeypatch):
         assert os.environ["MLFLOW_TRACKING_USERNAME"] == "u"
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://before:5000"
     assert "MLFLOW_TRACKING_USERNAME" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://next:5000")
+    assert mlflow.get_tracking_uri() == "http://next:5000"  # nothing in-process outlives it
     assert "secret-pw" not in repr(settings)
 
 
