@@ -34,18 +34,34 @@ def _load_variant(config: PipelineConfig, ctx: RunContext, conversion: StageResu
     return get_backend(spec.backend).load(Path(local), plan.signature, config.num_threads)
 
 
+def _start(
+    stage: str,
+    folder: str,
+    config: PipelineConfig,
+    ctx: RunContext,
+    conversion: StageResult,
+    data: StageResult,
+) -> StageResult | tuple[VariantSpec, str, DataPlan, Any]:
+    """The stage's published result when there is one, else what it works on: the variant,
+    its output URI, the data stage's plan and the loaded runner."""
+    spec = VariantSpec.parse(conversion.variant)
+    uri = ctx.uri("variants", spec.slug, folder)
+    if done := _published(uri, stage, spec.name, config=config, ctx=ctx):
+        return done
+    plan = data_plan(config, ctx, data)
+    return spec, uri, plan, _load_variant(config, ctx, conversion, plan)
+
+
 def _validate(
     config: PipelineConfig, ctx: RunContext, conversion: StageResult, data: StageResult
 ) -> StageResult:
     from tasks.datasets import iter_batches
     from tasks.validate import ValidationAccumulator
 
-    spec = VariantSpec.parse(conversion.variant)
-    uri = ctx.uri("variants", spec.slug, "validation")
-    if done := _published(uri, "validate", spec.name, config=config, ctx=ctx):
-        return done
-    plan = data_plan(config, ctx, data)
-    runner = _load_variant(config, ctx, conversion, plan)
+    work = _start("validate", "validation", config, ctx, conversion, data)
+    if isinstance(work, StageResult):
+        return work
+    spec, uri, plan, runner = work
     reference_dir = Path(storage.fetch_tree(data.uris["data"], ctx.local("reference")))
     accumulator = ValidationAccumulator(
         spec.name, plan.signature.output_names, plan.metric, plan.choice
@@ -91,12 +107,10 @@ def _benchmark(
     from tasks.datasets import sample_feeds
     from tasks.hardware import describe_hardware, hardware_class
 
-    spec = VariantSpec.parse(conversion.variant)
-    uri = ctx.uri("variants", spec.slug, "benchmark")
-    if done := _published(uri, "benchmark", spec.name, config=config, ctx=ctx):
-        return done
-    plan = data_plan(config, ctx, data)
-    runner = _load_variant(config, ctx, conversion, plan)
+    work = _start("benchmark", "benchmark", config, ctx, conversion, data)
+    if isinstance(work, StageResult):
+        return work
+    spec, uri, plan, runner = work
     feeds_by_batch = {
         size: sample_feeds(plan.eval_data, size, BENCHMARK_DISTINCT_BATCHES)
         for size in config.batch_sizes
