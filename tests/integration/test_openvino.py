@@ -302,16 +302,18 @@ def test_served_from_mlflow_with_the_openvino_runtime_pinned(local_stack, tiny, 
 
     conversion = _get_backend("openvino").convert(_request(tiny, tmp_path / "fp32", "fp32"))
     example = {INPUT: tiny["images"][:2]}
-    mlflow.set_experiment(f"tfopt/it-openvino-{tmp_path.name}")
-    with mlflow.start_run() as run:
-        uri = registry.log_pyfunc(
-            run.info.run_id,
-            conversion.artifact_dir,
-            conversion.artifact_dir,
-            {"variant": "openvino:fp32"},
-            example,
-            THREADS,
-        )
+    experiment = mlflow.set_experiment(f"tfopt/it-openvino-{tmp_path.name}")
+    # The pipeline creates its run with the client and never makes it the active run;
+    # log_pyfunc resumes it by id, so the test does the same.
+    run = mlflow.MlflowClient().create_run(experiment.experiment_id)
+    uri = registry.log_pyfunc(
+        run.info.run_id,
+        conversion.artifact_dir,
+        conversion.artifact_dir,
+        {"variant": "openvino:fp32"},
+        example,
+        THREADS,
+    )
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
     assert f"openvino=={metadata.version('openvino')}" in requirements
     assert not any(line.startswith(("tensorflow", "ai-edge-litert")) for line in requirements)
