@@ -6,17 +6,21 @@
 Makes a trained TensorFlow model fast for inference, proves it is still accurate, and publishes
 the winner to the MLflow model registry as a new version of `{model}`.
 
-    resolve_config -> export -> prepare_data -> convert[variant] -> validate[variant]
-                   -> benchmark[variant] -> variant[variant] -> select -> register -> report
+    resolve_config -> export -> prepare_data -> convert_validate[variant] -> benchmark (per lane)
+                   -> variant[variant] -> select -> register -> report
 
 * **export**: the model (`.keras` or SavedModel, S3 or local) becomes a serving SavedModel plus
   a signature manifest, published to S3 with a manifest of sha256 digests written last.
 * **prepare_data**: eval and calibration shards are checked against the signature; the baseline
   runs once over the eval data to give the reference outputs.
-* **convert / validate / benchmark** are mapped over the variants (`backend:precision`, the grid
-  names each mapped task by its variant): LiteRT and OpenVINO on CPU workers; TF-TRT on the `gpu`
-  queue (skipped, with the reason, where TensorRT is absent). Benchmarks share the `tfopt_benchmark`
-  pool (one slot) so they never run at the same time.
+* **convert_validate** is mapped over the variants (`backend:precision`, the grid names each
+  mapped task by its variant): convert, then compare the variant's outputs with the reference
+  outputs under the metric. LiteRT and OpenVINO run on CPU workers; TF-TRT on the `gpu` queue
+  (skipped, with the reason, where TensorRT is absent).
+* **benchmark** (one task per lane) measures the lane's variants in one interleaved benchmark,
+  in rounds, beside the current champion when it runs on that lane, so the machine's drift hits
+  them all alike; rounds spoiled by CPU steal or load are flagged and left out. Benchmarks share
+  the `tfopt_benchmark` pool (one slot) so they never run at the same time.
 * **variant_cpu / variant_gpu**: one task per variant with its outcome: green when it was
   measured, skipped when its backend cannot run here, red when it failed, with the reason in its
   log. A failed variant does not stop the run: select, register and report go on without it.
@@ -127,74 +131,73 @@ def lane_variants(settings: dict[str, Any], lane: str) -> list[str]:
 @user_errors_fail_fast
 @with_connections
 @removes_scratch
-def convert(
+def convert_validate(
     variant: str, settings: dict[str, Any], exported: dict[str, Any], data: dict[str, Any]
 ) -> dict[str, Any]:
-    from tasks.stages import convert_stage
+    """Convert the export into `variant`, then check its outputs against the reference outputs.
+
+    One task, not two: a variant's validation needs nothing but its conversion, and a second
+    task would only add a process start, a TensorFlow import and a fetch of the variant.
+    """
+    from tasks.stages import convert_stage, validate_stage
 
     name_the_variant(variant)
-    return convert_stage(
-        *_config_and_run(settings), variant, _result(exported), _result(data)
-    ).to_dict()
-
-
-@task(map_index_template=VARIANT_LABEL)
-@user_errors_fail_fast
-@with_connections
-@removes_scratch
-def validate(
-    conversion: dict[str, Any],
-    settings: dict[str, Any],
-    exported: dict[str, Any],
-    data: dict[str, Any],
-) -> dict[str, Any]:
-    from tasks.stages import validate_stage
-
-    name_the_variant(conversion["variant"])
     config, run = _config_and_run(settings)
-    return validate_stage(
-        config, run, _result(conversion), _result(exported), _result(data)
-    ).to_dict()
+    conversion = convert_stage(config, run, variant, _result(exported), _result(data))
+    validation = validate_stage(config, run, conversion, _result(exported), _result(data))
+    return {
+        "variant": variant,
+        "status": conversion.status.value,
+        "reason": conversion.reason,
+        "conversion": conversion.to_dict(),
+        "validation": validation.to_dict(),
+    }
 
 
-@task(pool=BENCHMARK_POOL, map_index_template=VARIANT_LABEL)
+@task(pool=BENCHMARK_POOL, trigger_rule="none_failed")
 @user_errors_fail_fast
 @with_connections
 @removes_scratch
 def benchmark(
-    conversion: dict[str, Any],
-    settings: dict[str, Any],
-    exported: dict[str, Any],
-    data: dict[str, Any],
-) -> dict[str, Any]:
+    lane: str, built: list, settings: dict[str, Any], data: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Every variant of the lane measured in one interleaved benchmark, beside the champion.
+
+    Runs when some variants were skipped (`none_failed`): they are passed through as skipped.
+    """
     from tasks.stages import benchmark_stage
 
-    name_the_variant(conversion["variant"])
     config, run = _config_and_run(settings)
-    return benchmark_stage(
-        config, run, _result(conversion), _result(exported), _result(data)
-    ).to_dict()
+    built = list(built or [])
+    conversions = [_result(record["conversion"]) for record in built]
+    measured = benchmark_stage(config, run, lane, conversions, _result(data))
+    return [
+        {
+            "variant": record["variant"],
+            "stages": [record["conversion"], record["validation"], result.to_dict()],
+        }
+        for record, result in zip(built, measured, strict=True)
+    ]
 
 
 @task(retries=0, map_index_template=VARIANT_LABEL)
-def outcome(stages: list[dict[str, Any]]) -> dict[str, Any]:
+def outcome(record: dict[str, Any]) -> dict[str, Any]:
     """The variant's outcome: green measured, skipped, or red FAILED with the reason."""
-    return variant_outcome(list(stages))
+    return variant_outcome(list(record["stages"]))
 
 
 @task(trigger_rule="all_done")
 @user_errors_fail_fast
 @with_connections
 @removes_scratch
-def select(
-    settings: dict[str, Any], conversions: list, validations: list, benchmarks: list
-) -> dict[str, Any]:
+def select(settings: dict[str, Any], built: list, measured: list) -> dict[str, Any]:
     from tasks.stages import collect_summaries, select_stage
 
     config, _ = _config_and_run(settings)
+    benchmarks = [record["stages"][2] for lane in measured if lane for record in lane]
     summaries = collect_summaries(
-        [_result(c) for c in conversions],
-        [_result(v) for v in validations],
+        [_result(record["conversion"]) for record in built],
+        [_result(record["validation"]) for record in built],
         [_result(b) for b in benchmarks],
     )
     selection, summaries = select_stage(config, summaries)
@@ -241,38 +244,23 @@ def _pipeline() -> None:
     exported = export(settings)
     data = prepare_data(settings, exported)
 
-    results, outcomes = {}, []
+    built, measured, outcomes = [], [], []
     for lane, registry_lane, queue in (("cpu", CPU_LANE, None), ("gpu", GPU_LANE, GPU_QUEUE)):
         extra = {"queue": queue} if queue else {}
         variants = lane_variants.override(task_id=f"{lane}_variants")(settings, registry_lane)
-        converted = (
-            convert.override(task_id=f"convert_{lane}", **extra)
+        lane_built = (
+            convert_validate.override(task_id=f"convert_validate_{lane}", **extra)
             .partial(settings=settings, exported=exported, data=data)
             .expand(variant=variants)
         )
-        validated = (
-            validate.override(task_id=f"validate_{lane}", **extra)
-            .partial(settings=settings, exported=exported, data=data)
-            .expand(conversion=converted)
+        lane_measured = benchmark.override(task_id=f"benchmark_{lane}", **extra)(
+            registry_lane, lane_built, settings, data
         )
-        measured = (
-            benchmark.override(task_id=f"benchmark_{lane}", **extra)
-            .partial(settings=settings, exported=exported, data=data)
-            .expand(conversion=converted)
-        )
-        results[lane] = (converted, validated, measured)
-        outcomes.append(
-            outcome.override(task_id=f"variant_{lane}").expand(
-                stages=converted.zip(validated, measured)
-            )
-        )
+        built.append(lane_built)
+        measured.append(lane_measured)
+        outcomes.append(outcome.override(task_id=f"variant_{lane}").expand(record=lane_measured))
 
-    selected = select.override(task_id="select")(
-        settings,
-        results["cpu"][0].concat(results["gpu"][0]),
-        results["cpu"][1].concat(results["gpu"][1]),
-        results["cpu"][2].concat(results["gpu"][2]),
-    )
+    selected = select.override(task_id="select")(settings, built[0].concat(built[1]), measured)
     outcomes >> selected
     registered = register(settings, exported, data, selected)
     report(settings, data, selected, registered)

@@ -205,6 +205,15 @@ def benchmark_variant(
     return reports
 
 
+class RunnerFailed(RuntimeError):
+    """A runner raised during an interleaved benchmark; `name` says which one."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"{name}: {type(error).__name__}: {error}")
+        self.name = name
+        self.error = error
+
+
 @dataclass(frozen=True)
 class RoundRecord:
     """One interleaved round: the order runners ran in, the contention seen, the verdict."""
@@ -267,6 +276,7 @@ def benchmark_interleaved(
 
     Raises:
         ValueError: no runners, or a batch size in `settings.batch_sizes` has no feeds.
+        RunnerFailed: a runner raised; its `name` says which (the caller may go on without it).
     """
     if not runners:
         raise ValueError("benchmark_interleaved needs at least one runner")
@@ -274,10 +284,14 @@ def benchmark_interleaved(
     batches = {size: _materialise(feeds_by_batch[size], size) for size in sizes}
     keys = [(name, size) for name in runners for size in sizes]
     with _collector_paused():
-        warmups = {
-            (name, size): _warm_up(runners[name], batches[size], settings, _far_deadline())
-            for name, size in keys
-        }
+        warmups = {}
+        for name, size in keys:
+            try:
+                warmups[(name, size)] = _warm_up(
+                    runners[name], batches[size], settings, _far_deadline()
+                )
+            except Exception as exc:
+                raise RunnerFailed(name, exc) from exc
         per_round, rounds, stop_reason = _run_rounds(runners, batches, warmups, settings)
     kept = choose_rounds(rounds, settings.min_clean_rounds)
     spoiled = sum(1 for r in rounds if r.spoiled_by)
@@ -361,11 +375,21 @@ def _run_rounds(
         before = contention.sample()
         for name in order:
             for size, feeds in batches.items():
-                calls = _round_calls(runners[name], feeds, index[(name, size)], settings)
+                try:
+                    calls = _round_calls(runners[name], feeds, index[(name, size)], settings)
+                except Exception as exc:
+                    raise RunnerFailed(name, exc) from exc
                 index[(name, size)] += len(calls)
                 per_round[(name, size)].append(calls)
         seen = contention.between(before, contention.sample())
         rounds.append(RoundRecord(number, order, seen, spoiled_by(seen, settings)))
+        logger.info(
+            "round %d/%d done after %.1f s: %s",
+            number + 1,
+            settings.rounds,
+            (_clock() - began) / 1e9,
+            rounds[-1].spoiled_by or "clean",
+        )
         if _clock() - began >= budget and number + 1 < settings.rounds:
             stop_reason = "time_bound"
             break

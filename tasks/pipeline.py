@@ -45,7 +45,7 @@ class _Steps:
 def optimize(
     config: PipelineConfig, *, run_id: str | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Run export -> data -> convert/validate/benchmark per variant -> select -> register -> report.
+    """Run export -> data -> convert + validate -> benchmark -> select -> register -> report.
 
     Returns:
         A JSON-safe dict: run id, S3 root, the per-variant records (`variants`, with verdicts),
@@ -59,13 +59,13 @@ def optimize(
 
 
 def _optimize(config: PipelineConfig, ctx: RunContext, progress: Progress | None) -> dict[str, Any]:
-    steps = _Steps(total=5 + 3 * len(config.variants), progress=progress)
+    steps = _Steps(total=6 + 2 * len(config.variants), progress=progress)
     started = time.perf_counter()
     export = steps.run("export", stages.export_stage, config, ctx)
     data = steps.run(
         "check data, reference outputs", stages.prepare_data_stage, config, ctx, export
     )
-    conversions, validations, benchmarks = [], [], []
+    conversions, validations = [], []
     for spec in config.variants:
         conversion = steps.run(
             f"{spec.name} convert", stages.convert_stage, config, ctx, spec.name, export, data
@@ -82,17 +82,9 @@ def _optimize(config: PipelineConfig, ctx: RunContext, progress: Progress | None
                 data,
             )
         )
-        benchmarks.append(
-            steps.run(
-                f"{spec.name} benchmark",
-                stages.benchmark_stage,
-                config,
-                ctx,
-                conversion,
-                export,
-                data,
-            )
-        )
+    benchmarks = steps.run(
+        "benchmark, interleaved", stages.benchmark_lanes, config, ctx, conversions, data
+    )
     summaries = stages.collect_summaries(conversions, validations, benchmarks)
     selection, summaries = steps.run("select", stages.select_stage, config, summaries)
     rows = [summary.to_dict() for summary in summaries]

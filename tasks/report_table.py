@@ -317,6 +317,7 @@ def header_items(run: Mapping[str, Any], registration: Mapping[str, Any]) -> lis
         ("Accuracy gate", _gate_text(metric)),
         ("Calibration", calibration_text(run.get("calibration"))),
         ("Validation samples", run.get("validation_samples")),
+        ("Measurement", run.get("measurement")),
         ("Registered", _registration_text(registration)),
         ("Model version", registration.get("model_version_url")),
         ("MLflow run", registration.get("mlflow_run_url")),

@@ -8,7 +8,7 @@ the selection, the registration and these records, in this one shape:
      "run": {"model", "run_id", "hardware", "objective", "latency_slo_ms",
              "metric": {"name", "title", "higher_is_better", "tolerance", "tolerance_meaning",
                         "output"},
-             "calibration": {"source", "uri", "samples", "holdout"}},
+             "calibration": {"source", "uri", "samples", "holdout"}, "measurement"},
      "selection": {"chosen", "objective", "reason", "ranking", "rejections", "baseline"},
      "registration": {"model_version", "champion", "champion_reason", "model_version_url", ...},
      "variants": [VariantSummary.to_dict(), ...]}
@@ -52,8 +52,12 @@ class VariantSummary:
 
     Metric figures are in the metric's own units (`metric_name`); `metric_delta` is variant minus
     baseline. Latencies are milliseconds at batch 1, `throughput` samples/s at the best batch
-    size. `split` describes ops kept in TensorFlow in front of a converted core, if any
-    (`tf_ops`, `boundary`, `prefix_share` of the latency). `verdict` is set by the selection.
+    size. They come from one interleaved benchmark per lane: a p50 is the median of the
+    per-round medians, `round_p50_iqr_ms` their spread at batch 1, `rounds_spoiled` the rounds
+    the machine's contention spoiled. `champion_in_rounds` holds the current champion's figures
+    measured in the same rounds, when it runs on the variant's lane. `split` describes ops kept
+    in TensorFlow in front of a converted core, if any (`tf_ops`, `boundary`, `prefix_share` of
+    the latency). `verdict` is set by the selection.
     """
 
     variant: str
@@ -84,6 +88,10 @@ class VariantSummary:
     model_uri: str | None = None
     validation_uri: str | None = None
     benchmark_uri: str | None = None
+    round_p50_iqr_ms: float | None = None
+    rounds_kept: int | None = None
+    rounds_spoiled: int | None = None
+    champion_in_rounds: dict[str, Any] | None = None
 
     @property
     def backend(self) -> str:
@@ -161,6 +169,10 @@ def summarize(
         model_uri=conversion.uris.get("model"),
         validation_uri=validation.uris.get("validation"),
         benchmark_uri=benchmark.uris.get("benchmark"),
+        round_p50_iqr_ms=_num(bench.get("round_p50_iqr_ms_b1")),
+        rounds_kept=bench.get("rounds_kept"),
+        rounds_spoiled=bench.get("rounds_spoiled"),
+        champion_in_rounds=bench.get("champion"),
     )
 
 

@@ -10,7 +10,7 @@ from tasks.stages.common import CHAMPION_MIN_GAIN, REFERENCE_DIR, VALIDATION_BAT
 from tasks.stages.convert import convert_stage
 from tasks.stages.data import DataPlan, data_plan, prepare_data_stage
 from tasks.stages.export import export_stage
-from tasks.stages.measure import benchmark_stage, validate_stage
+from tasks.stages.measure import benchmark_lanes, benchmark_stage, validate_stage
 from tasks.stages.register import register_stage
 from tasks.stages.report import report_stage
 from tasks.stages.selection import collect_summaries, select_stage
@@ -20,6 +20,7 @@ __all__ = [
     "REFERENCE_DIR",
     "VALIDATION_BATCH",
     "DataPlan",
+    "benchmark_lanes",
     "benchmark_stage",
     "collect_summaries",
     "convert_stage",

@@ -73,18 +73,24 @@ def _guarded(stage: str, variant: str, work: Any) -> StageResult:
 
     The baseline's errors, and transient ones (S3/MLflow, retried by the caller), propagate.
     """
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - a broken variant never stops the run
+        return _failure_or_raise(stage, variant, exc)
+
+
+def _failure_or_raise(stage: str, variant: str, exc: Exception) -> StageResult:
+    """`exc` re-raised when it is transient or the baseline's, else the variant's FAILED result.
+
+    Call it from an `except` block: the re-raise keeps the traceback.
+    """
     from tasks.config import BASELINE
     from tasks.errors import TransientError
 
-    if variant == BASELINE:
-        return work()
-    try:
-        return work()
-    except TransientError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a broken variant never stops the run
-        logger.debug("%s %s failed", stage, variant, exc_info=True)
-        return _variant_failure(stage, variant, exc)
+    if variant == BASELINE or isinstance(exc, TransientError):
+        raise exc
+    logger.debug("%s %s failed", stage, variant, exc_info=exc)
+    return _variant_failure(stage, variant, exc)
 
 
 def _not_ok(stage: str, upstream: StageResult) -> StageResult:

@@ -8,12 +8,8 @@ from typing import Any
 
 from tasks import storage
 from tasks.config import PipelineConfig, RunContext, VariantSpec
-from tasks.errors import UserInputError
 from tasks.results import StageResult, Status
-from tasks.stages.common import (
-    BENCHMARK_DISTINCT_BATCHES,
-    CHAMPION_MIN_GAIN,
-)
+from tasks.stages.common import CHAMPION_MIN_GAIN
 from tasks.stages.data import data_plan
 
 logger = logging.getLogger(__name__)
@@ -62,76 +58,27 @@ def _version_tags(
     return tags
 
 
-def _tag_number(tags: dict[str, str], key: str, default: float) -> float:
-    try:
-        return float(tags.get(key) or default)
-    except ValueError:
-        return default
-
-
-def _champion_variant_uri(ctx: RunContext, champion: Any) -> str:
-    """The champion's `variant_uri` tag, only when it lies under this model's run root.
-
-    Raises:
-        UserInputError: the tag points elsewhere (a forged or foreign tag is never followed).
-    """
-    uri = str((champion.tags or {}).get("variant_uri", ""))
-    model_root = ctx.root_uri.rsplit("/", 1)[0]
-    if not storage.is_under(uri, model_root):
-        raise UserInputError(
-            f"champion v{champion.version}'s variant_uri {uri!r} lies outside {model_root}; "
-            "it is not followed"
-        )
-    return uri
-
-
-def _champion_now(
+def _champion_figures(
     config: PipelineConfig,
     ctx: RunContext,
     champion: Any,
-    export: StageResult,
+    row: dict[str, Any],
     data: StageResult,
-    hardware_class: str,
 ) -> dict[str, Any]:
-    """The current champion's figures, re-measured in this run on this worker when it can be.
+    """The champion's figures to compare with: measured in the chosen variant's rounds when the
+    benchmark saw this same version, else re-measured alone now (or its recorded ones)."""
+    from tasks.stages.champion import champion_now
 
-    Falls back to the figures recorded in its tags (and their hardware class) when it cannot be
-    loaded here, e.g. a TF-TRT champion seen from a CPU worker.
-    """
-    from tasks.backends import get_backend
-    from tasks.benchmark import BenchmarkSettings, benchmark_variant
-    from tasks.datasets import sample_feeds
-    from tasks.errors import TransientError
-
-    tags = champion.tags or {}
-    recorded = {
-        "version": champion.version,
-        "hardware_class": tags.get("hardware_class"),
-        "p50_ms": _tag_number(tags, "p50_ms_batch_1", float("inf")),
-        "throughput": _tag_number(tags, "throughput", 0.0),
-    }
-    try:
-        spec = VariantSpec.parse(tags["variant"])
-        variant_uri = _champion_variant_uri(ctx, champion)
-        local = storage.fetch_tree(variant_uri, ctx.local("champion", champion.version))
-        plan = data_plan(config, ctx, data)
-        runner = get_backend(spec.backend).load(Path(local), plan.signature, config.num_threads)
-        feeds = {1: sample_feeds(plan.eval_data, 1, BENCHMARK_DISTINCT_BATCHES)}
-        report = benchmark_variant(runner, feeds, BenchmarkSettings())[1]
-    except TransientError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - fall back to the champion's recorded figures
-        logger.warning(
-            "could not re-measure champion v%s (%s); using its tags", champion.version, exc
+    measured = row.get("champion_in_rounds") or {}
+    if str(measured.get("version")) == str(champion.version):
+        logger.info(
+            "champion v%s measured in the same rounds: p50 %.3f ms",
+            champion.version,
+            measured["p50_ms"],
         )
-        return recorded
-    logger.info("champion v%s re-measured: p50 %.3f ms", champion.version, report.p50_ms)
-    return {
-        **recorded,
-        "p50_ms": report.p50_ms,
-        "throughput": report.throughput,
-        "hardware_class": hardware_class,
-    }
+        return measured
+    plan = data_plan(config, ctx, data)
+    return champion_now(config, ctx, champion, plan, row["hardware_class"])
 
 
 def _new_version(
@@ -187,11 +134,7 @@ def register_stage(
     def decide(champion: Any) -> tuple[bool, str]:
         if champion is not None and champion.version == version.version:
             return True, f"v{version.version} is already the champion"
-        previous = (
-            _champion_now(config, ctx, champion, export, data, row["hardware_class"])
-            if champion
-            else None
-        )
+        previous = _champion_figures(config, ctx, champion, row, data) if champion else None
         return beats_champion(row, previous, config.objective, min_gain=CHAMPION_MIN_GAIN)
 
     promote, why = registry.recorded_decision(version) or registry.decide_aliases(

@@ -42,6 +42,33 @@ def _run_block(
     }
 
 
+def measurement_text(summaries: list[VariantSummary]) -> str:
+    """How the latencies were measured, for the report's header: rounds, spoiled rounds, the
+    widest spread, and the champion when it ran in the same rounds."""
+    measured = [s for s in summaries if s.is_ok and s.rounds_kept]
+    if not measured:
+        return ""
+    kept = max(s.rounds_kept or 0 for s in measured)
+    spoiled = max(s.rounds_spoiled or 0 for s in measured)
+    spreads = [
+        s.round_p50_iqr_ms / s.p50_ms
+        for s in measured
+        if s.round_p50_iqr_ms is not None and s.p50_ms
+    ]
+    text = f"one interleaved benchmark per lane, {kept} rounds kept"
+    if spoiled:
+        text += f", {spoiled} spoiled by CPU steal or load"
+    if spreads:
+        text += f"; round-to-round spread (IQR of the round p50s) up to {max(spreads):.0%} of p50"
+    champion = next((s.champion_in_rounds for s in measured if s.champion_in_rounds), None)
+    if champion:
+        text += (
+            f"; champion v{champion['version']} ({champion.get('variant')}) in the same rounds: "
+            f"p50 {champion['p50_ms']:.3g} ms"
+        )
+    return text
+
+
 def report_stage(
     config: PipelineConfig,
     ctx: RunContext,
@@ -64,10 +91,12 @@ def report_stage(
             bench = storage.get_json(summary.benchmark_uri)
             latencies[summary.variant] = bench["batches"]["1"].get("latencies_ms", [])
             hardware = hardware or bench.get("hardware") or {}
+    run_block = _run_block(config, ctx, data, hardware)
+    run_block["measurement"] = measurement_text(summaries)
     out_dir = ctx.local("report")
     paths = write_report(
         summaries,
-        _run_block(config, ctx, data, hardware),
+        run_block,
         selection,
         {**registration.metrics, **registration.uris},
         latencies,

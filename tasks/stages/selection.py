@@ -6,10 +6,8 @@ import logging
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.results import StageResult
-from tasks.stages.common import (
-    _not_ok,
-)
+from tasks.results import StageResult, Status
+from tasks.stages.common import _not_ok
 from tasks.summary import VariantSummary
 
 logger = logging.getLogger(__name__)
@@ -22,8 +20,9 @@ def collect_summaries(
 ) -> list[VariantSummary]:
     """Merge the per-variant stage results (matched by variant) into one record each.
 
-    A variant whose conversion was not OK may have no validation or benchmark result (Airflow
-    skips those tasks); its record then carries the conversion's status and reason.
+    A variant whose conversion was not OK may have no validation or benchmark result; its record
+    then carries the conversion's status and reason. A converted variant without one (its task
+    did not finish) is FAILED with that reason.
     """
     from tasks.summary import summarize, with_speedups
 
@@ -31,10 +30,21 @@ def collect_summaries(
     benches = {b.variant: b for b in benchmarks}
     summaries = []
     for c in conversions:  # a StageResult is falsy unless OK: look up by presence, not truth
-        validation = vals[c.variant] if c.variant in vals else _not_ok("validate", c)
-        benchmark = benches[c.variant] if c.variant in benches else _not_ok("benchmark", c)
+        validation = vals[c.variant] if c.variant in vals else _missing("validate", c)
+        benchmark = benches[c.variant] if c.variant in benches else _missing("benchmark", c)
         summaries.append(summarize(c, validation, benchmark))
     return with_speedups(summaries)
+
+
+def _missing(stage: str, conversion: StageResult) -> StageResult:
+    if not conversion:
+        return _not_ok(stage, conversion)
+    return StageResult(
+        stage,
+        Status.FAILED,
+        reason="no result: the task that runs this stage did not finish",
+        variant=conversion.variant,
+    )
 
 
 def select_stage(

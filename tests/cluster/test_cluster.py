@@ -82,14 +82,14 @@ def test_tasks_run_on_their_queues_workers_and_a_version_is_registered(
         ti for ti in instances if _is_gpu_lane(ti["task_id"]) and ti["task_id"] not in bookkeeping
     ]
     cpu = [ti for ti in instances if ti not in gpu]
-    assert {ti["task_id"] for ti in gpu} == {"convert_gpu", "validate_gpu", "benchmark_gpu"}
+    assert {ti["task_id"] for ti in gpu} == {"convert_validate_gpu", "benchmark_gpu"}
     for ti in gpu:  # TF-TRT: routed to the gpu worker, which reports it SKIPPED here
         assert ti["queue"] == "gpu", ti
-        if ti["task_id"] == "convert_gpu":
+        if ti["task_id"] == "convert_validate_gpu":
             assert ti["hostname"].startswith(GPU_NODE), ti
             assert ti["state"] == "skipped", ti
     ran_cpu = [ti for ti in cpu if ti["state"] == "success"]
-    assert {"export", "convert_cpu", "benchmark_cpu", "register", "report"} <= {
+    assert {"export", "convert_validate_cpu", "benchmark_cpu", "register", "report"} <= {
         ti["task_id"] for ti in ran_cpu
     }
     for ti in ran_cpu:
@@ -121,7 +121,7 @@ def _wait_running_on_cpu(cluster: Cluster, run_id: str, timeout_s: float = 600) 
         for ti in cluster.api.task_instances(DAG_ID, run_id):
             if (
                 ti["state"] == "running"
-                and ti["task_id"] in ("export", "prepare_data", "convert_cpu", "validate_cpu")
+                and ti["task_id"] in ("export", "prepare_data", "convert_validate_cpu")
                 and (ti.get("hostname") or "").startswith(CPU_NODE)
             ):
                 return ti

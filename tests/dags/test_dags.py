@@ -76,31 +76,22 @@ def test_optimize_model_has_the_expected_shape(dagbag):
     assert upstream["export"] == {"resolve_config"}
     assert upstream["prepare_data"] == {"resolve_config", "export"}
     for lane in ("cpu", "gpu"):
-        assert upstream[f"convert_{lane}"] == {
+        assert upstream[f"convert_validate_{lane}"] == {
             "resolve_config",
             "export",
             "prepare_data",
             f"{lane}_variants",
         }
-        assert upstream[f"validate_{lane}"] == {
-            "resolve_config",
-            "export",
-            "prepare_data",
-            f"convert_{lane}",
-        }
+        # one interleaved benchmark per lane, over every variant the lane built
         assert upstream[f"benchmark_{lane}"] == {
             "resolve_config",
-            "export",
             "prepare_data",
-            f"convert_{lane}",
+            f"convert_validate_{lane}",
         }
-    for lane in ("cpu", "gpu"):
-        assert upstream[f"variant_{lane}"] == {
-            f"{s}_{lane}" for s in ("convert", "validate", "benchmark")
-        }
+        assert upstream[f"variant_{lane}"] == {f"benchmark_{lane}"}
     assert {
         f"{s}_{lane}"
-        for s in ("convert", "validate", "benchmark", "variant")
+        for s in ("convert_validate", "benchmark", "variant")
         for lane in ("cpu", "gpu")
     } < (upstream["select"])
     assert upstream["register"] == {"resolve_config", "export", "prepare_data", "select"}
@@ -108,10 +99,12 @@ def test_optimize_model_has_the_expected_shape(dagbag):
     tasks = {task.task_id: task for task in dag.tasks}
     assert tasks["select"].trigger_rule == "all_done", "a FAILED variant must not stop select"
     assert tasks["variant_cpu"].retries == 0
-    for stage in ("convert", "validate", "benchmark", "variant"):
+    for stage in ("convert_validate", "variant"):
         assert tasks[f"{stage}_cpu"].map_index_template == "{{ variant }}"
     assert tasks["benchmark_cpu"].pool == "tfopt_benchmark"
-    assert tasks["convert_gpu"].queue == "gpu"
+    assert tasks["benchmark_cpu"].trigger_rule == "none_failed", "a skipped variant (bf16) is fine"
+    assert tasks["convert_validate_gpu"].queue == "gpu"
+    assert tasks["benchmark_gpu"].queue == "gpu"
     assert all(task.execution_timeout is not None for task in dag.tasks)
     assert tasks["export"].retries <= 1 and tasks["prepare_data"].retry_exponential_backoff
 
@@ -247,7 +240,7 @@ def test_a_variant_that_throws_is_red_while_the_run_succeeds(
     tasks = run["tasks"]
     assert tasks["variant_cpu[tflite:int8]"] == "failed", tasks
     assert tasks["variant_cpu[tflite:fp32]"] == "success", tasks
-    assert tasks["convert_cpu[tflite:int8]"] == "success", (
+    assert tasks["convert_validate_cpu[tflite:int8]"] == "success", (
         "the stage returns FAILED, it does not raise"
     )
     assert {tasks[t] for t in ("select[-1]", "register[-1]", "report[-1]")} == {"success"}

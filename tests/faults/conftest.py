@@ -101,12 +101,12 @@ def prepared(local_stack, tiny_bundle, tmp_path_factory) -> Prepared:
     ctx = RunContext.create("prep", config.registered_model_name)
     export = stages.export_stage(config, ctx)
     data = stages.prepare_data_stage(config, ctx, export)
-    conversions, validations, benchmarks = [], [], []
+    conversions, validations = [], []
     for spec in config.variants:
         conversion = stages.convert_stage(config, ctx, spec.name, export, data)
         conversions.append(conversion)
         validations.append(stages.validate_stage(config, ctx, conversion, export, data))
-        benchmarks.append(stages.benchmark_stage(config, ctx, conversion, export, data))
+    benchmarks = stages.benchmark_lanes(config, ctx, conversions, data)
     summaries = stages.collect_summaries(conversions, validations, benchmarks)
     selection, summaries = stages.select_stage(config, summaries)
     rows = [summary.to_dict() for summary in summaries]

@@ -47,15 +47,13 @@ def test_credentials_never_leave_the_environment(prepared, local_stack, outcome,
     ctx = RunContext.create("creds", config.registered_model_name)
     export = stages.export_stage(config, ctx)
     data = stages.prepare_data_stage(config, ctx, export)
-    results = [export, data]
-    for spec in config.variants:
-        conversion = stages.convert_stage(config, ctx, spec.name, export, data)
-        results += [
-            conversion,
-            stages.validate_stage(config, ctx, conversion, export, data),
-            stages.benchmark_stage(config, ctx, conversion, export, data),
-        ]
-    summaries = stages.collect_summaries(*(results[2 + i :: 3] for i in range(3)))
+    conversions = [
+        stages.convert_stage(config, ctx, spec.name, export, data) for spec in config.variants
+    ]
+    validations = [stages.validate_stage(config, ctx, c, export, data) for c in conversions]
+    benchmarks = stages.benchmark_lanes(config, ctx, conversions, data)
+    results = [export, data, *conversions, *validations, *benchmarks]
+    summaries = stages.collect_summaries(conversions, validations, benchmarks)
     selection, summaries = stages.select_stage(config, summaries)
     rows = [summary.to_dict() for summary in summaries]
     registration = stages.register_stage(config, ctx, export, data, rows, selection)

@@ -140,6 +140,11 @@ def test_second_run_adds_a_version_and_a_retry_adds_none(
     expected_champion = "2" if promoted else "1"
     assert client.get_model_version_by_alias(model_name, "champion").version == expected_champion
     assert second["registration"]["metrics"]["champion_reason"]
+    assert all(row["champion_in_rounds"] is None for row in first["variants"])
+    for row in second["variants"]:  # v1, the champion, ran in the same interleaved rounds
+        assert row["champion_in_rounds"]["version"] == "1", row
+        assert row["champion_in_rounds"]["measured"] == "in the same rounds"
+        assert row["champion_in_rounds"]["p50_ms"] > 0
 
     code3, retried, err3 = _optimize(
         tiny_bundle, model_name, capsys, *variants, "--run-id", second["run_id"]

@@ -559,3 +559,22 @@ def test_isa_is_recorded_beside_an_unchanged_hardware_class(
     }
     assert hardware.isa_tier(info) == "amx"
     assert hardware.hardware_class(info).startswith("cpu:intel-xeon-gold-6248")
+
+
+def test_interleaved_names_the_runner_that_throws(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    log: list[str] = []
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, log)
+    healthy = runners["b"]
+
+    def breaks_in_round_two(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if healthy.calls >= 10:  # past warm-up and the first round
+            raise ValueError("bad kernel")
+        return healthy(feeds)
+
+    runners["b"] = breaks_in_round_two
+    with pytest.raises(benchmark.RunnerFailed, match="b: ValueError: bad kernel") as caught:
+        benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert caught.value.name == "b"
+    assert isinstance(caught.value.error, ValueError)

@@ -376,3 +376,30 @@ def test_importing_report_stays_light() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_the_measurement_line_says_rounds_spread_and_champion() -> None:
+    from tasks.stages.report import measurement_text
+
+    champion = {"version": "3", "variant": "tflite:int8", "p50_ms": 1.234}
+    rows = [
+        VariantSummary(
+            "tf:fp32", Status.OK, p50_ms=10.0, round_p50_iqr_ms=0.5, rounds_kept=6, rounds_spoiled=1
+        ),
+        VariantSummary(
+            "tflite:int8",
+            Status.OK,
+            p50_ms=2.0,
+            round_p50_iqr_ms=0.2,
+            rounds_kept=6,
+            rounds_spoiled=1,
+            champion_in_rounds=champion,
+        ),
+        VariantSummary("openvino:bf16", Status.SKIPPED, reason="no BF16"),
+    ]
+    assert measurement_text(rows) == (
+        "one interleaved benchmark per lane, 6 rounds kept, 1 spoiled by CPU steal or load; "
+        "round-to-round spread (IQR of the round p50s) up to 10% of p50; "
+        "champion v3 (tflite:int8) in the same rounds: p50 1.23 ms"
+    )
+    assert measurement_text(rows[2:]) == ""

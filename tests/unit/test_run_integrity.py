@@ -147,7 +147,7 @@ def test_a_stage_published_without_its_inputs_is_not_trusted(monkeypatch, tmp_pa
 def test_a_forged_champion_variant_uri_is_not_followed(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from tasks.stages import register as stages
+    from tasks.stages import champion as stages
 
     monkeypatch.setenv("TFOPT_RUN_ROOT", "s3://tfopt/runs")
     ctx = RunContext.create("r1", "demo")
@@ -159,10 +159,10 @@ def test_a_forged_champion_variant_uri_is_not_followed(monkeypatch, tmp_path):
     ):
         champion = SimpleNamespace(version="1", tags={"variant_uri": forged})
         with pytest.raises(UserInputError, match="not followed"):
-            stages._champion_variant_uri(ctx, champion)
+            stages.variant_uri(ctx, champion)
     good = "s3://tfopt/runs/demo/r0/variants/tflite-fp32/model"
     champion = SimpleNamespace(version="1", tags={"variant_uri": good})
-    assert stages._champion_variant_uri(ctx, champion) == good
+    assert stages.variant_uri(ctx, champion) == good
 
 
 def test_local_lock_is_exclusive_and_released(tmp_path):
