@@ -1,7 +1,8 @@
-"""tfopt's own harness on one published variant at batch 1, in a fresh process, as the stage does.
+"""tfopt's own harness on one published variant at batch 1, in a fresh process.
 
-Loads the variant with its tfopt backend and measures it with `tasks.benchmark.measure` and the
-pipeline's default settings on the same real eval inputs the benchmark stage uses:
+Loads the variant with its tfopt backend and measures it with `tasks.benchmark.measure` (the
+harness's calls and timer, in stable windows; the benchmark stage times the same calls in
+interleaved rounds) and the default settings, on the real eval inputs the stage uses:
 
     python -m bench.harness <model folder> <export folder> <eval data uri> --threads 2
 """
@@ -19,7 +20,7 @@ from typing import Any
 def measure_variant(
     backend: str, model_dir: Path, export_dir: Path, eval_uri: str, threads: int
 ) -> dict[str, Any]:
-    """p50 at batch 1 of the variant in `model_dir`, measured like `benchmark_stage` does."""
+    """p50 at batch 1 of the variant in `model_dir`, timed by tfopt's harness."""
     from tasks.backends import get_backend
     from tasks.benchmark import BenchmarkSettings, measure
     from tasks.datasets import open_dataset, sample_feeds
