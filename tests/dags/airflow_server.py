@@ -145,7 +145,14 @@ def airflow_standalone(
     Its database gets the benchmark pool first; the whole process group is stopped at the end.
     """
     from infra.local.bootstrap import migrate_airflow_db
+    from infra.local.processes import port_free
 
+    taken = [p for p in (port, port + 1, port + 2) if not port_free(p)]
+    if taken:  # else the server dies on bind and the wait below times out after minutes
+        raise AirflowError(
+            f"port(s) {taken} on 127.0.0.1 are taken (an Airflow left by an interrupted test "
+            "run?): stop it, or set TFOPT_TEST_PORT_OFFSET to use other ports"
+        )
     home.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     env = {
