@@ -434,11 +434,32 @@ def _summarise_rounds(
     ms = np.concatenate([np.asarray(calls, dtype=np.float64) for calls in rounds_ns]) / _NS_PER_MS
     p50 = float(np.median(medians))
     q25, q75 = (float(v) for v in np.percentile(medians, [25, 75]))
-    p90, p95, p99 = (float(v) for v in np.percentile(ms, [90, 95, 99]))
-    busy_s = float(ms.sum()) / 1e3
     clean = kept_clean and len(rounds_ns) >= settings.min_clean_rounds
-    return LatencyReport(
+    return _report(
+        ms,
+        p50,
+        float(ms.sum()) / 1e3,  # the calls' own time: rounds interleave other runners
         batch_size=batch_size,
+        windows=len(rounds_ns),
+        stable=clean and (q75 - q25) <= settings.stability_tolerance * p50,
+        stop_reason=stop_reason,
+        warmup_iterations=warmup_calls,
+        distinct_feeds=distinct_feeds,
+        window_p50_ms=[round(float(v), 6) for v in medians],
+        max_raw=settings.max_raw_latencies,
+        rounds_kept=len(rounds_ns),
+        rounds_spoiled=spoiled,
+        round_p50_iqr_ms=round(q75 - q25, 6),
+        round_p50_range_ms=[round(float(medians.min()), 6), round(float(medians.max()), 6)],
+    )
+
+
+def _report(
+    ms: np.ndarray, p50: float, seconds: float, *, max_raw: int, **fields: Any
+) -> LatencyReport:
+    """A LatencyReport from per-call milliseconds, the p50 and the seconds the calls took."""
+    p90, p95, p99 = (float(v) for v in np.percentile(ms, [90, 95, 99]))
+    return LatencyReport(
         p50_ms=p50,
         p90_ms=p90,
         p95_ms=p95,
@@ -447,20 +468,11 @@ def _summarise_rounds(
         std_ms=float(ms.std()),
         min_ms=float(ms.min()),
         max_ms=float(ms.max()),
-        throughput=batch_size * ms.size / busy_s if busy_s > 0 else 0.0,
+        throughput=fields["batch_size"] * ms.size / seconds if seconds > 0 else 0.0,
         iterations=int(ms.size),
-        windows=len(rounds_ns),
-        stable=clean and (q75 - q25) <= settings.stability_tolerance * p50,
-        stop_reason=stop_reason,
-        warmup_iterations=warmup_calls,
-        measured_seconds=busy_s,
-        distinct_feeds=distinct_feeds,
-        window_p50_ms=[round(float(v), 6) for v in medians],
-        latencies_ms=_downsample(ms, settings.max_raw_latencies),
-        rounds_kept=len(rounds_ns),
-        rounds_spoiled=spoiled,
-        round_p50_iqr_ms=round(q75 - q25, 6),
-        round_p50_range_ms=[round(float(medians.min()), 6), round(float(medians.max()), 6)],
+        measured_seconds=seconds,
+        latencies_ms=_downsample(ms, max_raw),
+        **fields,
     )
 
 
@@ -586,28 +598,18 @@ def _summarise(
     max_raw: int,
 ) -> LatencyReport:
     ms = np.asarray(latencies_ns, dtype=np.float64) / _NS_PER_MS
-    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
-    seconds = wall_ns / 1e9
-    return LatencyReport(
+    return _report(
+        ms,
+        float(np.percentile(ms, 50)),
+        wall_ns / 1e9,
         batch_size=batch_size,
-        p50_ms=p50,
-        p90_ms=p90,
-        p95_ms=p95,
-        p99_ms=p99,
-        mean_ms=float(ms.mean()),
-        std_ms=float(ms.std()),
-        min_ms=float(ms.min()),
-        max_ms=float(ms.max()),
-        throughput=batch_size * ms.size / seconds if seconds > 0 else 0.0,
-        iterations=int(ms.size),
         windows=len(window_p50),
         stable=stop_reason == "stable",
         stop_reason=stop_reason,
         warmup_iterations=warmup_calls,
-        measured_seconds=seconds,
         distinct_feeds=distinct_feeds,
         window_p50_ms=[round(v, 6) for v in window_p50],
-        latencies_ms=_downsample(ms, max_raw),
+        max_raw=max_raw,
     )
 
 
