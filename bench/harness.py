@@ -25,7 +25,7 @@ def measure_variant(
     from tasks.benchmark import BenchmarkSettings, measure
     from tasks.datasets import open_dataset, sample_feeds
     from tasks.signature import Signature
-    from tasks.stages import BENCHMARK_DISTINCT_BATCHES
+    from tasks.stages.common import BENCHMARK_DISTINCT_BATCHES
 
     signature = Signature.read(export_dir)
     runner = get_backend(backend).load(model_dir, signature, threads)
