@@ -30,7 +30,7 @@ def measure_variant(
     signature = Signature.read(export_dir)
     runner = get_backend(backend).load(model_dir, signature, threads)
     with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmp:
-        data = open_dataset(eval_uri, Path(tmp), signature, require_labels=True)
+        data = open_dataset(eval_uri, Path(tmp), signature)
         feeds = sample_feeds(data, 1, BENCHMARK_DISTINCT_BATCHES)
     report = measure(runner, feeds, 1, BenchmarkSettings())
     return {

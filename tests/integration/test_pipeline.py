@@ -120,6 +120,19 @@ def test_optimize_registers_a_champion_that_predicts_like_its_variant(
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads(fresh.stdout.strip().splitlines()[-1]) == expected.tolist()
 
+    # `make bench` times a published variant with tfopt's harness, outside the pipeline
+    from bench.harness import measure_variant
+
+    row = next(r for r in results["variants"] if r["variant"] == "tflite:fp32")
+    measured = measure_variant(
+        "tflite",
+        Path(storage.fetch_tree(row["model_uri"], tmp_path / "bench-variant")),
+        Path(storage.fetch_tree(f"{results['root_uri']}/export", tmp_path / "bench-export")),
+        str(tiny_bundle["eval"]),
+        1,
+    )
+    assert measured["p50_ms"] > 0 and measured["iterations"] >= 300, measured
+
 
 def test_second_run_adds_a_version_and_a_retry_adds_none(
     local_stack, tiny_bundle, model_name, work_dir, capsys
