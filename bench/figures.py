@@ -146,10 +146,13 @@ def target_figures(bench: dict[str, Any]) -> list[Figure]:
 def _realsize_overhead(orchestration: dict[str, Any] | None) -> list[Figure]:
     if not orchestration:
         return []
+    name = f"orchestration overhead (DAG, {orchestration.get('model', '?')})"
+    if "error" in orchestration:
+        return [Figure(name, None, "% wall", "<= 10%", None, orchestration["error"][:300])]
     dag = orchestration["dag"]
     return [
         _check(
-            f"orchestration overhead (DAG, {orchestration['model']})",
+            name,
             _pct(dag["overhead_share"]),
             "% wall",
             "<= 10%",

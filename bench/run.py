@@ -13,7 +13,8 @@ every tfopt variant beside the peers a user builds by hand, measured in the same
 rounds, and the compute-bound network's FP32 and INT8 efficiency against FP32 and INT8 GEMM
 peaks measured in the run (`bench.peak`, `bench.int8_peak`). Prints the tables; writes
 bench/out/bench.json and bench/out/bench.png. `--quick` measures the real-size networks with
-fewer images and rounds (a CI-size check).
+fewer images and rounds (a CI-size check). The raw measurements are saved first, in
+bench/out/measured.json; `--report-only` rebuilds the report from them without measuring.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"real-size networks, comma-separated (default {','.join(REALSIZE_MODELS)}; '' none)",
     )
     p.add_argument("--quick", action="store_true", help="fewer images and rounds per network")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rebuild bench.json, the plot and the tables from the measurements "
+        "the last run saved in OUT_DIR/measured.json",
+    )
     return p.parse_args(argv)
 
 
@@ -302,7 +309,11 @@ def measure_realsize(args: argparse.Namespace, load: LoadLog) -> dict[str, Any]:
             )
     orchestration = None
     if not args.quick and ORCHESTRATION_MODEL in models:
-        orchestration = orchestration_on_realsize(args, load)
+        try:
+            orchestration = orchestration_on_realsize(args, load)
+        except Exception as exc:  # noqa: BLE001 - the networks' figures stand; the report says why
+            logger.exception("the pipeline on %s failed", ORCHESTRATION_MODEL)
+            orchestration = {"model": ORCHESTRATION_MODEL, "error": f"{type(exc).__name__}: {exc}"}
     return {"gemm_peak": gemm, "realsize": results, "realsize_orchestration": orchestration}
 
 
@@ -344,7 +355,7 @@ def assemble(m: dict[str, Any], load: LoadLog, started: float) -> dict[str, Any]
         "machine": describe_hardware(),
         "config": {**m["params"], "demo": m["demo"]},
         "selected": m["cli"]["results"]["selection"]["chosen"],
-        "selected_by_dag_run": m["dag"]["results"]["chosen"],
+        "selected_by_dag_run": m["dag"]["results"]["selection"]["chosen"],
         "selection_reason": m["cli"]["results"]["selection"]["reason"],
         "flops": m["flops"],
         "peak": {"peak_gflops": peak, **m["peak"]},
@@ -397,7 +408,7 @@ def print_report(bench: dict[str, Any], json_path: Path, png_path: Path) -> None
     for network in bench["realsize"]:
         print()
         print(render.peers_table(network))
-    if bench["realsize_orchestration"]:
+    if bench["realsize_orchestration"] and "error" not in bench["realsize_orchestration"]:
         print()
         print(render.realsize_cost_table(bench["realsize_orchestration"]))
     print()
@@ -410,12 +421,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    saved = args.out_dir / "measured.json"
     started, load = time.perf_counter(), LoadLog()
-    try:
-        measured = measure(args, load)
-    except BenchError as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-        return 1
+    if args.report_only:
+        if not saved.exists():
+            print(f"bench: {saved} does not exist; run the benchmark first", file=sys.stderr)
+            return 2
+        kept = json.loads(saved.read_text())
+        measured, load.phases = kept["measured"], kept["phases"]
+        started -= kept["wall_s"]
+    else:
+        try:
+            measured = measure(args, load)
+        except BenchError as exc:
+            print(f"bench: failed: {exc}", file=sys.stderr)
+            return 1
+        # kept before the report is built, so a report error never costs the measurements
+        document = {
+            "measured": measured,
+            "phases": load.phases,
+            "wall_s": time.perf_counter() - started,
+        }
+        saved.write_text(json.dumps(document, default=str))
     bench = assemble(measured, load, started)
     json_path, png_path = args.out_dir / "bench.json", args.out_dir / "bench.png"
     json_path.write_text(json.dumps(bench, indent=2, default=str))

@@ -105,3 +105,10 @@ def test_cluster_overhead_is_the_share_of_wall_time_with_no_task_running() -> No
     assert figures["task_duration_sum_s"] == 98
     assert figures["overhead_share"] == 0.12
     assert figures["task_instances"] == 2
+
+
+def test_a_failed_pipeline_on_the_real_size_network_is_reported_not_measured() -> None:
+    failed = {"model": "mobilenet_v2", "error": "BenchError: dag run ended failed; log: x.log"}
+    (figure,) = figures._realsize_overhead(failed)
+    assert figure.value is None and figure.passed is None
+    assert "dag run ended failed" in figure.note
