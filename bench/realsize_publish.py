@@ -37,14 +37,14 @@ def uris(root: str) -> dict[str, str]:
 def publish(name: str, root: str, if_missing: bool) -> dict[str, Any]:
     """Build, write and publish the network and its data; reuse them when asked and present."""
     from tasks import storage
-    from tasks.demo.bundle import write_shards
+    from tasks.demo.bundle import serving_input_names, write_shards
 
     root = root.rstrip("/")
     parts = ("model", "eval", "calibration")
     if if_missing and all(storage.read_manifest(f"{root}/{part}") for part in parts):
         return {**uris(root), "published": False}
     model = realsize.build(name, BATCHNORM_IMAGES)
-    input_name = model.inputs[0].name
+    (input_name,) = serving_input_names(model)  # the name the exported signature gives it
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         out = Path(tmp)
         (out / "model").mkdir()
