@@ -36,6 +36,8 @@ def uris(root: str) -> dict[str, str]:
 
 def publish(name: str, root: str, if_missing: bool) -> dict[str, Any]:
     """Build, write and publish the network and its data; reuse them when asked and present."""
+    import keras
+
     from tasks import storage
     from tasks.demo.bundle import serving_input_names, write_shards
 
@@ -44,11 +46,13 @@ def publish(name: str, root: str, if_missing: bool) -> dict[str, Any]:
     if if_missing and all(storage.read_manifest(f"{root}/{part}") for part in parts):
         return {**uris(root), "published": False}
     model = realsize.build(name, BATCHNORM_IMAGES)
-    (input_name,) = serving_input_names(model)  # the name the exported signature gives it
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         out = Path(tmp)
         (out / "model").mkdir()
         model.save(out / "model" / "model.keras")
+        # the input's name as tfopt will see it: a saved and reloaded model names its input
+        # after the input layer ("input_layer"), the model built in memory after its tensor
+        (input_name,) = serving_input_names(keras.models.load_model(out / "model" / "model.keras"))
         eval_images = realsize.images(EVAL_IMAGES, realsize.EVAL_SEED)
         write_shards(out / "eval", {input_name: eval_images}, SHARD_SIZE)
         calibration = realsize.images(CALIBRATION_IMAGES, realsize.CALIBRATION_SEED)
