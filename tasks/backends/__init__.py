@@ -65,7 +65,7 @@ _TABLE = (
     ),
     BackendEntry(
         "tflite",
-        ("fp32", "fp16", "int8"),
+        ("fp32", "fp16", "dynamic", "int8"),
         "tasks.backends.tflite:TfliteBackend",
         CPU_LANE,
         ("tensorflow-cpu", "ai-edge-litert"),

@@ -158,6 +158,8 @@ def _convert_bytes(
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":  # INT8 weights; activations quantized per call, no calibration
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative_dataset(
@@ -277,6 +279,8 @@ def main():
     if PRECISION == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif PRECISION == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif PRECISION == "int8":
         if not args.calibration_dir:
             parser.error("int8 needs --calibration-dir")
@@ -525,10 +529,11 @@ def _convert(request: ConversionRequest, work_dir: Path, counter: Counter) -> tu
 
 
 class TfliteBackend:
-    """LiteRT on CPU: FP32, FP16 (float16 weights) and full-integer INT8."""
+    """LiteRT on CPU: FP32, FP16 (float16 weights), dynamic range (INT8 weights, activations
+    quantized on the fly, no calibration) and full-integer INT8."""
 
     name = "tflite"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "dynamic", "int8")
 
     def available(self) -> str | None:
         """None when the LiteRT interpreter (`ai_edge_litert`) is installed."""

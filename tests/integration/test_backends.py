@@ -120,7 +120,7 @@ def test_tf_baseline_is_the_model(tiny, tmp_path):
 
 @pytest.mark.parametrize(
     ("precision", "atol", "min_agreement"),
-    [("fp32", 1e-5, 1.0), ("fp16", 1e-2, 0.95), ("int8", None, 0.85)],
+    [("fp32", 1e-5, 1.0), ("fp16", 1e-2, 0.95), ("dynamic", None, 0.9), ("int8", None, 0.85)],
 )
 def test_tflite_matches_the_baseline(tiny, tmp_path, precision, atol, min_agreement):
     conversion, runner = _convert_and_load(tiny, tmp_path, f"tflite:{precision}")
@@ -219,6 +219,36 @@ def test_tflite_int8_reproduce_script_rebuilds_the_same_model(tiny, tmp_path):
     original = (conversion.artifact_dir / MODEL_FILE).read_bytes()
     assert tflite.op_counts(rebuilt.read_bytes()) == tflite.op_counts(original)
     assert abs(len(rebuilt.read_bytes()) - len(original)) < 0.02 * len(original)
+
+
+def test_tflite_dynamic_range_has_int8_weights_float_io_and_no_calibration(tiny, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tasks.backends import get_backend
+    from tasks.backends.base import ConversionRequest
+
+    request = ConversionRequest(
+        saved_model_dir=tiny["dir"],
+        signature=tiny["signature"],
+        precision="dynamic",
+        output_dir=tmp_path / "dynamic",
+        calibration_data=tiny["calibration"],
+    )
+    conversion = get_backend("tflite").convert(request)
+    assert "calibration_samples" not in conversion.summary, "the calibration data is not read"
+    interpreter = Interpreter(model_path=str(conversion.artifact_dir / MODEL_FILE))
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert np.int8 in {d["dtype"] for d in interpreter.get_tensor_details()}, "INT8 weights"
+    fp32 = get_backend("tflite").convert(
+        ConversionRequest(
+            saved_model_dir=tiny["dir"],
+            signature=tiny["signature"],
+            precision="fp32",
+            output_dir=tmp_path / "fp32",
+            calibration_data=tiny["calibration"],
+        )
+    )
+    assert conversion.summary["size_bytes"] < 0.5 * fp32.summary["size_bytes"]
 
 
 class GraphRunningConverter:
