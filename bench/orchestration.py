@@ -93,6 +93,8 @@ def run_cli(params: dict[str, Any], log_path: Path) -> dict[str, Any]:
     cmd += ["--num-threads", str(params["num_threads"])]
     if params.get("metric"):
         cmd += ["--metric", str(params["metric"])]
+    if params.get("accuracy_tolerance") is not None:
+        cmd += ["--accuracy-tolerance", str(params["accuracy_tolerance"])]
     stdout, wall = run_logged(cmd, log_path)
     log_path.with_suffix(".json").write_text(stdout)
     results = json.loads(stdout)

@@ -330,6 +330,10 @@ def orchestration_on_realsize(args: argparse.Namespace, load: LoadLog) -> dict[s
         "batch_sizes": [1],
         "num_threads": args.threads,
         "metric": "fidelity",
+        # Timed for its orchestration overhead, not judged: argmax agreement on random-init
+        # logits is noise (bench.peers judges these networks by cosine), and a gate it cannot
+        # meet would send NNCF's accuracy control reverting layer after layer for many minutes.
+        "accuracy_tolerance": 1.0,
     }
     out = args.out_dir
     with load.phase(f"{ORCHESTRATION_MODEL}: tfopt optimize (CLI)"):
