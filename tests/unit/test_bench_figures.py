@@ -88,25 +88,6 @@ def test_realsize_targets_and_table() -> None:
     assert "FAIL" in table.split("tflite:int8")[1].splitlines()[0]
 
 
-def test_cluster_overhead_is_the_share_of_wall_time_with_no_task_running() -> None:
-    from bench.cluster import busy_seconds, run_figures
-
-    assert busy_seconds([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
-    assert busy_seconds([]) == 0
-    run = {"start_date": "2026-11-30T10:00:00+00:00", "end_date": "2026-11-30T10:01:40+00:00"}
-    instances = [
-        {"start_date": "2026-11-30T10:00:02+00:00", "end_date": "2026-11-30T10:00:40+00:00"},
-        {"start_date": "2026-11-30T10:00:30+00:00", "end_date": "2026-11-30T10:01:30+00:00"},
-        {"start_date": None, "end_date": None},  # skipped before it started
-    ]
-    figures = run_figures(run, instances)
-    assert figures["wall_s"] == 100
-    assert figures["busy_s"] == 88
-    assert figures["task_duration_sum_s"] == 98
-    assert figures["overhead_share"] == 0.12
-    assert figures["task_instances"] == 2
-
-
 def test_a_failed_pipeline_on_the_real_size_network_is_reported_not_measured() -> None:
     failed = {"model": "mobilenet_v2", "error": "BenchError: dag run ended failed; log: x.log"}
     (figure,) = figures._realsize_overhead(failed)
