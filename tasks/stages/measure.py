@@ -157,7 +157,12 @@ def _benchmark_lane(
     from tasks.benchmark import BenchmarkSettings
     from tasks.datasets import sample_feeds
     from tasks.hardware import describe_hardware, hardware_class
-    from tasks.stages.champion import current_champion_in_lane, load_champion, recorded_figures
+    from tasks.stages.champion import (
+        current_champion_in_lane,
+        figures,
+        load_champion,
+        recorded_figures,
+    )
 
     plan = data_plan(config, ctx, data)
     runners: dict[str, Any] = {}
@@ -187,8 +192,6 @@ def _benchmark_lane(
     (out_dir / "rounds.json").write_text(json.dumps(rounds, indent=2))
     champion_figures = None
     if measured and champion_name in measured.reports:
-        from tasks.stages.champion import figures
-
         champion_figures = figures(
             recorded_figures(champion),
             measured.reports[champion_name],
