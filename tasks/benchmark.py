@@ -37,9 +37,13 @@ class BenchmarkSettings:
     `max_seconds` bounds the whole (variant, batch size), warm-up included. Empty
     `batch_sizes` means every batch size the caller has feeds for.
 
-    `benchmark_interleaved` measures in `rounds` instead: each round gives every (runner, batch
-    size) `window_iterations` calls or `round_seconds`, whichever comes first (at least
-    `min_round_iterations`). A round is spoiled when the hypervisor's steal exceeds
+    `benchmark_interleaved` measures in `rounds` instead. In each round every (runner, batch
+    size) first makes untimed calls for `round_warmup_seconds` (at least
+    `min_round_warmup_iterations`), so it is not charged for the caches and idle thread pools
+    the runner before it left; then its timed calls run for `window_iterations` calls or
+    `round_seconds`, whichever comes first, but at least `min_round_iterations` calls and
+    `min_round_seconds` (a sub-millisecond runner gets hundreds of calls per round, not a few
+    milliseconds of them). A round is spoiled when the hypervisor's steal exceeds
     `max_steal_share` of the CPU time, other processes take more than `max_other_share` of the
     CPUs, or the 1-minute load average per CPU exceeds `max_load_per_cpu`; spoiled rounds are
     left out when at least `min_clean_rounds` clean ones remain. The rounds stop early once
@@ -60,6 +64,9 @@ class BenchmarkSettings:
     rounds: int = 7
     round_seconds: float = 1.0
     min_round_iterations: int = 5
+    min_round_seconds: float = 0.1
+    round_warmup_seconds: float = 0.05
+    min_round_warmup_iterations: int = 1
     min_clean_rounds: int = 3
     max_steal_share: float = 0.05
     max_other_share: float = 0.25
@@ -76,6 +83,10 @@ class BenchmarkSettings:
             raise ValueError("need rounds >= 1 and 1 <= min_clean_rounds <= rounds")
         if self.round_seconds <= 0 or self.min_round_iterations < 1:
             raise ValueError("round_seconds must be > 0 and min_round_iterations >= 1")
+        if not 0 <= self.min_round_seconds <= self.round_seconds:
+            raise ValueError("need 0 <= min_round_seconds <= round_seconds")
+        if self.round_warmup_seconds < 0 or self.min_round_warmup_iterations < 0:
+            raise ValueError("round_warmup_seconds and min_round_warmup_iterations must be >= 0")
         if any(size < 1 for size in self.batch_sizes):
             raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
 
@@ -261,7 +272,8 @@ def benchmark_interleaved(
     """Measure several runners in interleaved rounds, so machine drift hits them all alike.
 
     Every runner is warmed up first. Then each round runs every runner's calls at each batch
-    size in turn, the runners' order rotated by one per round. A runner's p50 is the median of
+    size in turn, the runners' order rotated by one per round; each turn starts with a few
+    untimed calls (`round_warmup_seconds`). A runner's p50 is the median of
     its per-round medians over the kept rounds (spoiled rounds are left out when enough clean
     ones remain, see `BenchmarkSettings`); the spread of those medians (IQR, min and max) and
     the counts of kept and spoiled rounds go in its report.
@@ -376,10 +388,12 @@ def _run_rounds(
         for name in order:
             for size, feeds in batches.items():
                 try:
-                    calls = _round_calls(runners[name], feeds, index[(name, size)], settings)
+                    calls, made = _round_calls(
+                        runners[name], feeds, index[(name, size)], settings
+                    )
                 except Exception as exc:
                     raise RunnerFailed(name, exc) from exc
-                index[(name, size)] += len(calls)
+                index[(name, size)] += made
                 per_round[(name, size)].append(calls)
         seen = contention.between(before, contention.sample())
         rounds.append(RoundRecord(number, order, seen, spoiled_by(seen, settings)))
@@ -398,20 +412,32 @@ def _run_rounds(
 
 def _round_calls(
     runner: Runner, batches: list[Feeds], start_index: int, settings: BenchmarkSettings
-) -> list[int]:
-    """One runner's calls in one round: per-call ns."""
+) -> tuple[list[int], int]:
+    """One runner's turn in one round: (per-call ns of the timed calls, calls made in all).
+
+    The untimed calls first let the runner's thread pool wake and its working set come back
+    into the caches; the timed ones follow on the next feeds.
+    """
     clock = _clock
     count = len(batches)
-    end = clock() + int(settings.round_seconds * 1e9)
+    made = 0
+    warm_end = clock() + int(settings.round_warmup_seconds * 1e9)
+    while made < settings.min_round_warmup_iterations or clock() < warm_end:
+        runner(batches[(start_index + made) % count])
+        made += 1
+    began = clock()
+    floor = began + int(settings.min_round_seconds * 1e9)
+    end = began + int(settings.round_seconds * 1e9)
     calls: list[int] = []
     while len(calls) < settings.min_round_iterations or (
-        len(calls) < settings.window_iterations and clock() < end
+        (now := clock()) < floor or (len(calls) < settings.window_iterations and now < end)
     ):
-        feed = batches[(start_index + len(calls)) % count]
+        feed = batches[(start_index + made) % count]
         t0 = clock()
         runner(feed)
         calls.append(clock() - t0)
-    return calls
+        made += 1
+    return calls, made
 
 
 def _summarise_rounds(

@@ -293,6 +293,9 @@ ROUNDS = BenchmarkSettings(
     window_iterations=5,
     min_round_iterations=5,
     round_seconds=10.0,
+    min_round_seconds=0.0,
+    round_warmup_seconds=0.0,
+    min_round_warmup_iterations=0,
     rounds=5,
     min_clean_rounds=3,
     max_seconds=1e6,
@@ -578,3 +581,57 @@ def test_interleaved_names_the_runner_that_throws(
         benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
     assert caught.value.name == "b"
     assert isinstance(caught.value.error, ValueError)
+
+
+class ColdTurnRunner:
+    """1 ms per call, but 10 ms on the first call after another runner ran (cold caches)."""
+
+    input_names = ("x",)
+    output_names = ("y",)
+
+    def __init__(self, name: str, clock: FakeClock, last: list[str]) -> None:
+        self.name, self.clock, self.last = name, clock, last
+        self.calls = 0
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        cold = self.last and self.last[0] != self.name
+        self.clock.now += int((10.0 if cold else 1.0) * 1e6)
+        self.last[:] = [self.name]
+        return {"y": feeds["x"]}
+
+
+def test_interleaved_turns_start_with_untimed_calls(clock: FakeClock, machine: FakeMachine) -> None:
+    """The call that pays for the previous runner's state is made, but not timed."""
+    last: list[str] = []
+    cold = {name: ColdTurnRunner(name, clock, last) for name in ("a", "b")}
+    reports = benchmark.benchmark_interleaved(cold, {1: _feeds(1)}, ROUNDS).reports
+    assert reports["a"][1].max_ms == pytest.approx(10.0)  # no turn warm-up: charged
+
+    last.clear()
+    settings = BenchmarkSettings(
+        **{**ROUNDS.__dict__, "round_warmup_seconds": 0.003, "min_round_warmup_iterations": 1}
+    )
+    warm = {name: ColdTurnRunner(name, clock, last) for name in ("a", "b")}
+    result = benchmark.benchmark_interleaved(warm, {1: _feeds(1)}, settings)
+    report = result.reports["a"][1]
+    assert report.max_ms == pytest.approx(1.0)
+    assert report.iterations == 5 * 5
+    # after the warm-up, 5 timed calls per round and the untimed ones: 1 when cold (10 ms pass
+    # 3 ms), 3 in rounds 2 and 4, where "a" opens the round right after its own last turn
+    assert warm["a"].calls - report.warmup_iterations == 5 * 5 + (1 + 1 + 3 + 1 + 3)
+
+
+def test_interleaved_turn_lasts_at_least_min_round_seconds(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    settings = BenchmarkSettings(**{**ROUNDS.__dict__, "min_round_seconds": 0.02})
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
+    reports = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
+    assert reports["a"][1].iterations == 5 * 20  # 1 ms calls for 20 ms, past window_iterations
+    assert reports["c"][1].iterations == 5 * 5  # 4 ms calls: 5 of them pass 20 ms
+
+
+def test_settings_refuse_a_round_floor_above_the_round() -> None:
+    with pytest.raises(ValueError, match="min_round_seconds"):
+        BenchmarkSettings(min_round_seconds=2.0, round_seconds=1.0)
