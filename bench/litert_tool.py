@@ -3,8 +3,8 @@
 The tool (`ai_edge_litert.tools.benchmark_litert_model`) runs the model through LiteRT's
 CompiledModel API with its own warm-up and timing loop, and reports latencies rounded to 0.01 ms.
 At sub-millisecond latencies that rounding is a few percent, so this module runs the tool's own
-`run_benchmark` in a fresh process and keeps the unrounded per-run times it passes to
-`statistics.median`. Standalone:
+`run_benchmark` and keeps the unrounded per-run times it passes to `statistics.median`.
+`bench.harness --rounds` alternates it with tfopt's harness in one process. Standalone:
 
     python -m bench.litert_tool path/to/model.tflite --threads 2    # prints JSON on stdout
 """
@@ -15,14 +15,11 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bench.orchestration import BenchError, child_env
 
 NUM_RUNS = 1000
 WARMUP_RUNS = 100
@@ -42,7 +39,8 @@ class _RecordingStatistics:
         return statistics.median(data)
 
 
-def _run_in_process(model: Path, threads: int) -> dict[str, Any]:
+def run_in_process(model: Path, threads: int) -> dict[str, Any]:
+    """Run the tool's own `run_benchmark` on `model` in this process; latencies in ms."""
     from ai_edge_litert.tools import benchmark_litert_model as tool
 
     recorder = _RecordingStatistics()
@@ -81,26 +79,12 @@ def _argv(argv: list[str]):
         sys.argv = saved
 
 
-def run_tool(model: Path, threads: int) -> dict[str, Any]:
-    """Run the tool on `model` (CPU, `threads` threads) in a fresh process; latencies in ms."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.litert_tool", str(model), "--threads", str(threads)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        raise BenchError(f"litert-benchmark failed on {model}: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    print(json.dumps(_run_in_process(args.model, args.threads)))
+    print(json.dumps(run_in_process(args.model, args.threads)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import figures, render
-from bench.litert_tool import run_tool
 from bench.machine import LoadLog
 from bench.orchestration import (
     REPO,
@@ -44,7 +43,7 @@ from bench.orchestration import (
     run_dag,
     run_logged,
 )
-from tasks import contention, storage
+from tasks import storage
 from tasks.hardware import describe_hardware, isa_label, isa_tier
 
 logger = logging.getLogger("bench")
@@ -52,7 +51,6 @@ logger = logging.getLogger("bench")
 DEFAULT_DEMO_URI = "s3://{bucket}/bench/demo"
 DEFAULT_MODEL_NAME = "tfopt-bench"
 DAG_FILE = REPO / "dags" / "optimize_model.py"
-MODEL_FILE = "model.tflite"
 HARNESS_ROUNDS = 4
 REALSIZE_MODELS = ("mobilenet_v2", "resnet50")
 REALSIZE_TIMEOUT_S = 40 * 60
@@ -131,46 +129,13 @@ def fetch_file(uri: str, dest: Path) -> Path:
     return Path(storage.fetch_tree(uri, dest))
 
 
-def _harness_round(
-    model_dir: Path, export_dir: Path, eval_uri: str, threads: int, tool_first: bool
-) -> dict:
-    """tfopt's harness and LiteRT's tool on the same file, each in a fresh process, in the
-    order given; the round's CPU contention recorded."""
-
-    def harness() -> dict[str, Any]:
-        return run_json_module(
-            "bench.harness",
-            "tflite",
-            str(model_dir),
-            str(export_dir),
-            eval_uri,
-            "--threads",
-            str(threads),
-        )
-
-    before = contention.sample()
-    if tool_first:
-        tool = run_tool(model_dir / MODEL_FILE, threads)
-        measured = harness()
-    else:
-        measured = harness()
-        tool = run_tool(model_dir / MODEL_FILE, threads)
-    return {
-        "harness_p50_ms": measured["p50_ms"],
-        "tool_p50_ms": tool["p50_ms"],
-        "ratio": measured["p50_ms"] / tool["p50_ms"],
-        "tool_first": tool_first,
-        "contention": contention.between(before, contention.sample()).to_dict(),
-        "tool": tool,
-    }
-
-
 def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]:
     """Per measured tflite variant: tfopt's harness vs LiteRT's tool, `HARNESS_ROUNDS` rounds.
 
-    The rounds interleave harness and tool, the order swapped every round, so machine drift
-    between them (this VM's 2-thread speed changes for tens of seconds at a time) hits both; the
-    figure is the median of the per-round ratios, with their min and max. The pipeline's own p50
+    The rounds interleave harness and tool in one fresh process (`bench.harness --rounds`), the
+    order swapped every round, so the process's state and the machine's drift (this VM's
+    2-thread speed changes for tens of seconds at a time) hit both; the figure is the median of
+    the per-round ratios, with their min and max. The pipeline's own p50
     (measured minutes earlier) against the tool is reported beside it.
     """
     export_dir = fetch_file(f"{run['root_uri']}/export", work / "export")
@@ -180,10 +145,17 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
         if not row["variant"].startswith("tflite:") or row["status"] != "OK":
             continue
         local = fetch_file(row["model_uri"], work / row["variant"].replace(":", "-"))
-        rounds = [
-            _harness_round(local, export_dir, eval_uri, threads, tool_first=bool(i % 2))
-            for i in range(HARNESS_ROUNDS)
-        ]
+        rounds = run_json_module(
+            "bench.harness",
+            "tflite",
+            str(local),
+            str(export_dir),
+            eval_uri,
+            "--threads",
+            str(threads),
+            "--rounds",
+            str(HARNESS_ROUNDS),
+        )
         tools = [r["tool_p50_ms"] for r in rounds]
         tool_p50 = statistics.median(tools)
         out.append(
