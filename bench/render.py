@@ -109,6 +109,16 @@ def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str
     ]
 
 
+def _round_range(per_round: list[float] | None) -> str:
+    """ " (median of N round ratios, min-max a-b)" when the ratio was taken per round."""
+    if not per_round:
+        return ""
+    return (
+        f" (median of {len(per_round)} round ratios, min-max "
+        f"{min(per_round):.2f}-{max(per_round):.2f})"
+    )
+
+
 def peers_table(network: dict[str, Any]) -> str:
     """One real-size network: tfopt's variants, then the peers, all measured in one run."""
     eff = network["efficiency"]["by_variant"]
@@ -125,7 +135,7 @@ def peers_table(network: dict[str, Any]) -> str:
         f"gate {network['gate']}\n"
         f"tfopt's choice {network.get('chosen')} {_ms(network.get('chosen_p50_ms'))} ms vs best "
         f"peer {network.get('best_peer')} {_ms(network.get('best_peer_p50_ms'))} ms: "
-        f"{_fmt(ratio, '.2f', 'x')}"
+        f"{_fmt(ratio, '.2f', 'x')}{_round_range(network.get('speed_vs_best_peer_rounds'))}"
     )
     notes = [
         f"  {name}: {rows[name]['status']}: {rows[name].get('reason', '')}"

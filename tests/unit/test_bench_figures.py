@@ -44,6 +44,21 @@ def test_headline_compares_the_fastest_passing_of_each_side() -> None:
     assert top["speed_vs_best_peer"] == pytest.approx(21.0 / 13.0)
 
 
+def test_headline_takes_the_median_of_the_per_round_ratios() -> None:
+    rows = {
+        "openvino:bf16": _row("tfopt", 2.6),
+        "peer:openvino-default": _row("peer", 2.5),
+    }
+    # a slow stretch in rounds 2-3 hit the choice's p50 more than the peer's, but within each
+    # round the two are within 2%
+    rows["openvino:bf16"]["latency"]["round_p50_ms"] = [2.5, 2.52, 3.5, 3.4, 2.49]
+    rows["peer:openvino-default"]["latency"]["round_p50_ms"] = [2.51, 2.5, 3.55, 3.45, 2.5]
+    top = headline(rows)
+    assert top["chosen"] == "openvino:bf16" and top["best_peer"] == "peer:openvino-default"
+    assert top["speed_vs_best_peer"] == pytest.approx(2.5 / 2.49)  # not 2.5 / 2.6
+    assert len(top["speed_vs_best_peer_rounds"]) == 5
+
+
 def test_headline_without_a_passing_side_has_no_ratio() -> None:
     rows = {"tf:fp32": _row("tfopt", 80.0), "peer:x": _row("peer", 10.0, passed=False)}
     top = headline(rows)
