@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cluster.airflow_rest import AirflowRest
+from infra.local.airflow_rest import AirflowRest
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "infra" / "local" / "stack.py"

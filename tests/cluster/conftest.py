@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.airflow_rest import AirflowRest
+from infra.local.airflow_rest import AirflowRest
 from tests.cluster.cluster_stack import (
     CLUSTER_STACK,
     STACK_SCRIPT,

@@ -108,3 +108,58 @@ def test_a_failed_pipeline_on_the_real_size_network_is_reported_not_measured() -
     (figure,) = figures._realsize_overhead(failed)
     assert figure.value is None and figure.passed is None
     assert "dag run ended failed" in figure.note
+
+
+def test_cluster_overhead_is_the_share_of_wall_time_with_no_task_running() -> None:
+    from bench.cluster import busy_seconds, run_figures
+    from bench.cluster import render as render_cluster
+    from bench.orchestration import BenchError
+
+    assert busy_seconds([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+    assert busy_seconds([]) == 0
+    run = {
+        "dag_run_id": "manual__1",
+        "queued_at": "2026-11-30T10:00:00+00:00",
+        "start_date": "2026-11-30T10:00:01+00:00",
+        "end_date": "2026-11-30T10:01:40+00:00",
+    }
+    ti = {"queue": "default", "hostname": "cpu@vm", "try_number": 1, "map_index": -1}
+    instances = [
+        {
+            **ti,
+            "task_id": "export",
+            "state": "success",
+            "queued_when": "2026-11-30T10:00:01+00:00",
+            "start_date": "2026-11-30T10:00:02+00:00",
+            "end_date": "2026-11-30T10:00:40+00:00",
+        },
+        {
+            **ti,
+            "task_id": "convert_validate_cpu",
+            "map_index": 3,
+            "state": "success",
+            "queued_when": None,
+            "start_date": "2026-11-30T10:00:30+00:00",
+            "end_date": "2026-11-30T10:01:30+00:00",
+        },
+        # skipped before it started: no interval
+        {**ti, "task_id": "variant_gpu", "state": "skipped", "start_date": None, "end_date": None},
+    ]
+    figures = run_figures(run, instances)
+    assert figures["wall_s"] == 100  # from the trigger (queued_at), not from the run's start
+    assert figures["dag_run_s"] == 99
+    assert figures["busy_s"] == 88
+    assert figures["task_duration_sum_s"] == 98
+    assert figures["overhead_share"] == 0.12
+    assert figures["overhead_passed"] is False
+    assert figures["task_instances"] == 2
+    first, second = figures["tasks"]
+    assert (first["task"], first["start_s"], first["queued_to_start_s"]) == ("export", 2, 1)
+    assert (second["task"], second["duration_s"]) == ("convert_validate_cpu[3]", 60)
+    machine = {"cpu_model": "AMD EPYC", "usable_cores": 2, "flags": []}
+    document = {"machine": machine, "model": "mobilenet_v2", "run_id": "manual__1"}
+    text = render_cluster({**document, "state": "success", "load": "load1 max 1", **figures})
+    assert "12.0% of the wall time (target <= 10%: MISS)" in text
+    assert "convert_validate_cpu[3]" in text
+    with pytest.raises(BenchError):
+        run_figures({**run, "end_date": None}, instances)

@@ -1,4 +1,5 @@
-"""A small client of Airflow's REST API (v2) as a deployment's user drives it."""
+"""A small client of Airflow's REST API (v2), as a deployment's user drives it: log in, trigger
+a run, wait for it, read its task instances. The cluster tests and `bench.cluster` use it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from typing import Any
 FINISHED = {"success", "failed"}
 
 
+class AirflowRestError(RuntimeError):
+    """An API call failed: the method, path, status and the server's message."""
+
+
 @dataclass
 class AirflowRest:
     """Bearer-token calls to one Airflow API server (simple auth manager)."""
@@ -20,6 +25,10 @@ class AirflowRest:
     username: str
     password: str
     token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise AirflowRestError(f"an Airflow API URL is http(s)://, got {self.base_url!r}")
 
     def login(self) -> None:
         """POST /auth/token: a JWT for the later calls."""
@@ -30,16 +39,17 @@ class AirflowRest:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
+        url = f"{self.base_url}{path}"  # http(s) only, checked in __post_init__
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
         request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            raise AssertionError(f"{method} {path} -> {exc.code}: {detail}") from exc
+            raise AirflowRestError(f"{method} {path} -> {exc.code}: {detail}") from exc
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 180) -> dict[str, Any]:
         """The DAG once the dag-processor has serialised it."""
@@ -47,14 +57,15 @@ class AirflowRest:
         while True:
             try:
                 return self._call("GET", f"/api/v2/dags/{dag_id}")
-            except AssertionError:
+            except AirflowRestError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
 
     def unpause(self, dag_id: str) -> None:
         answer = self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-        assert answer["is_paused"] is False
+        if answer["is_paused"] is not False:
+            raise AirflowRestError(f"{dag_id} is still paused: {answer}")
 
     def fail_active_runs(self, dag_id: str) -> list[str]:
         """Mark runs left queued or running (by an earlier session's `down`) failed; their ids."""
@@ -71,8 +82,11 @@ class AirflowRest:
         )
         return answer["dag_run_id"]
 
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
     def run_state(self, dag_id: str, run_id: str) -> str:
-        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        return self.run(dag_id, run_id)["state"]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200"
@@ -83,6 +97,6 @@ class AirflowRest:
         deadline = time.monotonic() + timeout_s
         while (state := self.run_state(dag_id, run_id)) not in FINISHED:
             if time.monotonic() > deadline:
-                raise AssertionError(f"run {run_id} still {state} after {timeout_s:.0f} s")
+                raise AirflowRestError(f"run {run_id} still {state} after {timeout_s:.0f} s")
             time.sleep(3)
         return state
