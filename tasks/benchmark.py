@@ -388,9 +388,7 @@ def _run_rounds(
         for name in order:
             for size, feeds in batches.items():
                 try:
-                    calls, made = _round_calls(
-                        runners[name], feeds, index[(name, size)], settings
-                    )
+                    calls, made = _round_calls(runners[name], feeds, index[(name, size)], settings)
                 except Exception as exc:
                     raise RunnerFailed(name, exc) from exc
                 index[(name, size)] += made
