@@ -64,8 +64,8 @@ class BenchmarkSettings:
     rounds: int = 7
     round_seconds: float = 1.0
     min_round_iterations: int = 5
-    min_round_seconds: float = 0.1
-    round_warmup_seconds: float = 0.05
+    min_round_seconds: float = 0.05
+    round_warmup_seconds: float = 0.02
     min_round_warmup_iterations: int = 1
     min_clean_rounds: int = 3
     max_steal_share: float = 0.05
