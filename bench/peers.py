@@ -163,7 +163,8 @@ def judge_and_measure(
 ) -> tuple[dict[str, Any], dict[str, dict]]:
     """Fidelity of every runner vs TF, then one interleaved benchmark of all of them and of
     the GEMM peak runners; (the rounds, the GEMM runners' p50 and GOP/s)."""
-    from tasks.benchmark import BenchmarkSettings, benchmark_interleaved
+    from tasks.benchmark import BenchmarkSettings
+    from tasks.benchmark_rounds import benchmark_interleaved
 
     feeds, reference = data["eval_feeds"], data["reference"]
     for name, runner in runners.items():

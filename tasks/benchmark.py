@@ -1,4 +1,4 @@
-"""Latency/throughput harness: warm-up, stable windows or interleaved rounds, percentiles."""
+"""Latency/throughput harness: warm-up, stable windows, percentiles (rounds: benchmark_rounds)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from tasks import contention
 from tasks.backends.base import Feeds, Runner
 
 logger = logging.getLogger(__name__)
@@ -24,6 +23,11 @@ Progress = Callable[[int, "LatencyReport"], None]
 _NS_PER_MS = 1e6
 _clock = time.perf_counter_ns
 """The timer (monotonic ns); a module attribute so tests can substitute a fake clock."""
+
+
+def timer() -> Callable[[], int]:
+    """The timer in use (`_clock`, looked up on every call, so a test's fake clock applies)."""
+    return _clock
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,10 @@ def measure(
         The statistics, with the raw per-call latencies (downsampled to
         `settings.max_raw_latencies`) for distribution plots.
     """
-    batches = _materialise(feeds, batch_size)
-    with _collector_paused():
+    batches = materialise(feeds, batch_size)
+    with collector_paused():
         deadline = _clock() + int(settings.max_seconds * 1e9)
-        warmup_calls = _warm_up(runner, batches, settings, deadline)
+        warmup_calls = warm_up(runner, batches, settings, deadline)
         latencies_ns, window_p50, stop_reason, wall_ns = _run_windows(
             runner, batches, warmup_calls, settings, deadline
         )
@@ -192,7 +196,7 @@ def benchmark_variant(
     Raises:
         ValueError: a batch size in `settings.batch_sizes` has no feeds.
     """
-    sizes = _batch_sizes(feeds_by_batch, settings)
+    sizes = batch_sizes_of(feeds_by_batch, settings)
     reports: dict[int, LatencyReport] = {}
     for size in sizes:
         try:
@@ -216,269 +220,7 @@ def benchmark_variant(
     return reports
 
 
-class RunnerFailed(RuntimeError):
-    """A runner raised during an interleaved benchmark; `name` says which one."""
-
-    def __init__(self, name: str, error: Exception) -> None:
-        super().__init__(f"{name}: {type(error).__name__}: {error}")
-        self.name = name
-        self.error = error
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """One interleaved round: the order runners ran in, the contention seen, the verdict."""
-
-    index: int
-    order: tuple[str, ...]
-    contention: contention.Contention
-    spoiled_by: str = ""
-    """Empty for a clean round, else what spoiled it (`steal 7.1% > 5.0%`, ...)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "order": list(self.order),
-            **self.contention.to_dict(),
-            "spoiled_by": self.spoiled_by,
-        }
-
-
-@dataclass
-class InterleavedBenchmark:
-    """Per runner and batch size a `LatencyReport`; the rounds and which of them were kept."""
-
-    reports: dict[str, dict[int, LatencyReport]]
-    rounds: list[RoundRecord]
-    kept: list[int]
-    stop_reason: str
-
-    def summary(self) -> dict[str, Any]:
-        """The rounds, JSON-safe: count, kept indices, each round's contention and verdict."""
-        return {
-            "rounds": len(self.rounds),
-            "kept": list(self.kept),
-            "spoiled": sum(1 for r in self.rounds if r.spoiled_by),
-            "stop_reason": self.stop_reason,
-            "each": [r.to_dict() for r in self.rounds],
-        }
-
-
-def benchmark_interleaved(
-    runners: Mapping[str, Runner],
-    feeds_by_batch: Mapping[int, FeedSource],
-    settings: BenchmarkSettings,
-) -> InterleavedBenchmark:
-    """Measure several runners in interleaved rounds, so machine drift hits them all alike.
-
-    Every runner is warmed up first. Then each round runs every runner's calls at each batch
-    size in turn, the runners' order rotated by one per round; each turn starts with a few
-    untimed calls (`round_warmup_seconds`). A runner's p50 is the median of
-    its per-round medians over the kept rounds (spoiled rounds are left out when enough clean
-    ones remain, see `BenchmarkSettings`); the spread of those medians (IQR, min and max) and
-    the counts of kept and spoiled rounds go in its report.
-
-    Args:
-        runners: name -> loaded runner (variants and, e.g., the current champion).
-        feeds_by_batch: batch size -> its feeds (see `measure`), shared by every runner.
-        settings: warm-up, round and contention rules; `settings.batch_sizes` picks the sizes.
-
-    Returns:
-        The reports (`result.reports[name][batch_size]`) and the rounds.
-
-    Raises:
-        ValueError: no runners, or a batch size in `settings.batch_sizes` has no feeds.
-        RunnerFailed: a runner raised; its `name` says which (the caller may go on without it).
-    """
-    if not runners:
-        raise ValueError("benchmark_interleaved needs at least one runner")
-    sizes = _batch_sizes(feeds_by_batch, settings)
-    batches = {size: _materialise(feeds_by_batch[size], size) for size in sizes}
-    keys = [(name, size) for name in runners for size in sizes]
-    with _collector_paused():
-        warmups = {}
-        for name, size in keys:
-            try:
-                warmups[(name, size)] = _warm_up(
-                    runners[name], batches[size], settings, _far_deadline()
-                )
-            except Exception as exc:
-                raise RunnerFailed(name, exc) from exc
-        per_round, rounds, stop_reason = _run_rounds(runners, batches, warmups, settings)
-    kept = choose_rounds(rounds, settings.min_clean_rounds)
-    spoiled = sum(1 for r in rounds if r.spoiled_by)
-    kept_clean = not any(rounds[i].spoiled_by for i in kept)
-    reports: dict[str, dict[int, LatencyReport]] = {name: {} for name in runners}
-    for name, size in keys:
-        reports[name][size] = _summarise_rounds(
-            [per_round[(name, size)][i] for i in kept],
-            batch_size=size,
-            stop_reason=stop_reason,
-            warmup_calls=warmups[(name, size)],
-            distinct_feeds=len(batches[size]),
-            spoiled=spoiled,
-            kept_clean=kept_clean,
-            settings=settings,
-        )
-    for name in runners:
-        logger.info(
-            "%s: p50 b%d %.3f ms (rounds IQR %.3f ms, %d kept, %d spoiled)",
-            name,
-            sizes[0],
-            reports[name][sizes[0]].p50_ms,
-            reports[name][sizes[0]].round_p50_iqr_ms or 0.0,
-            len(kept),
-            spoiled,
-        )
-    return InterleavedBenchmark(reports, rounds, kept, stop_reason)
-
-
-def spoiled_by(seen: contention.Contention, settings: BenchmarkSettings) -> str:
-    """Why a round with this contention is spoiled ("" when it is clean)."""
-    reasons = []
-    if seen.steal_share > settings.max_steal_share:
-        reasons.append(f"steal {seen.steal_share:.1%} > {settings.max_steal_share:.1%}")
-    if seen.other_share > settings.max_other_share:
-        reasons.append(
-            f"other processes {seen.other_share:.0%} of the CPUs > {settings.max_other_share:.0%}"
-        )
-    if seen.load1_per_cpu > settings.max_load_per_cpu:
-        reasons.append(f"load/CPU {seen.load1_per_cpu:.2f} > {settings.max_load_per_cpu:.2f}")
-    return "; ".join(reasons)
-
-
-def choose_rounds(rounds: list[RoundRecord], min_clean: int) -> list[int]:
-    """Indices of the rounds to keep: the clean ones when at least `min_clean`, else all."""
-    clean = [r.index for r in rounds if not r.spoiled_by]
-    if len(clean) >= min_clean:
-        return clean
-    if rounds:
-        logger.warning(
-            "only %d of %d rounds were clean (< %d): keeping every round; the figures carry "
-            "the machine's contention",
-            len(clean),
-            len(rounds),
-            min_clean,
-        )
-    return [r.index for r in rounds]
-
-
-def _far_deadline() -> int:
-    return _clock() + 10**15
-
-
-def _run_rounds(
-    runners: Mapping[str, Runner],
-    batches: dict[int, list[Feeds]],
-    next_index: dict[tuple[str, int], int],
-    settings: BenchmarkSettings,
-) -> tuple[dict[tuple[str, int], list[list[int]]], list[RoundRecord], str]:
-    """The timed rounds; per (runner, size) one list of call ns per round."""
-    names = list(runners)
-    index = dict(next_index)
-    per_round: dict[tuple[str, int], list[list[int]]] = {key: [] for key in index}
-    budget = int(settings.max_seconds * 1e9) * len(index)
-    began = _clock()
-    rounds: list[RoundRecord] = []
-    stop_reason = "rounds"
-    for number in range(settings.rounds):
-        shift = number % len(names)
-        order = tuple(names[shift:] + names[:shift])
-        before = contention.sample()
-        for name in order:
-            for size, feeds in batches.items():
-                try:
-                    calls, made = _round_calls(runners[name], feeds, index[(name, size)], settings)
-                except Exception as exc:
-                    raise RunnerFailed(name, exc) from exc
-                index[(name, size)] += made
-                per_round[(name, size)].append(calls)
-        seen = contention.between(before, contention.sample())
-        rounds.append(RoundRecord(number, order, seen, spoiled_by(seen, settings)))
-        logger.info(
-            "round %d/%d done after %.1f s: %s",
-            number + 1,
-            settings.rounds,
-            (_clock() - began) / 1e9,
-            rounds[-1].spoiled_by or "clean",
-        )
-        if _clock() - began >= budget and number + 1 < settings.rounds:
-            stop_reason = "time_bound"
-            break
-    return per_round, rounds, stop_reason
-
-
-def _round_calls(
-    runner: Runner, batches: list[Feeds], start_index: int, settings: BenchmarkSettings
-) -> tuple[list[int], int]:
-    """One runner's turn in one round: (per-call ns of the timed calls, calls made in all).
-
-    The untimed calls first let the runner's thread pool wake and its working set come back
-    into the caches; the timed ones follow on the next feeds.
-    """
-    clock = _clock
-    count = len(batches)
-    made = 0
-    warm_end = clock() + int(settings.round_warmup_seconds * 1e9)
-    while made < settings.min_round_warmup_iterations or clock() < warm_end:
-        runner(batches[(start_index + made) % count])
-        made += 1
-    began = clock()
-    floor = began + int(settings.min_round_seconds * 1e9)
-    end = began + int(settings.round_seconds * 1e9)
-    calls: list[int] = []
-    while len(calls) < settings.min_round_iterations or (
-        (now := clock()) < floor or (len(calls) < settings.window_iterations and now < end)
-    ):
-        feed = batches[(start_index + made) % count]
-        t0 = clock()
-        runner(feed)
-        calls.append(clock() - t0)
-        made += 1
-    return calls, made
-
-
-def _summarise_rounds(
-    rounds_ns: list[list[int]],
-    *,
-    batch_size: int,
-    stop_reason: str,
-    warmup_calls: int,
-    distinct_feeds: int,
-    spoiled: int,
-    kept_clean: bool,
-    settings: BenchmarkSettings,
-) -> LatencyReport:
-    """The report from the kept rounds: p50 = median of the per-round medians.
-
-    Stable when the kept rounds are clean, at least `min_clean_rounds`, and the IQR of their
-    medians is within `stability_tolerance` of the p50.
-    """
-    medians = np.asarray([np.median(calls) for calls in rounds_ns], dtype=np.float64) / _NS_PER_MS
-    ms = np.concatenate([np.asarray(calls, dtype=np.float64) for calls in rounds_ns]) / _NS_PER_MS
-    p50 = float(np.median(medians))
-    q25, q75 = (float(v) for v in np.percentile(medians, [25, 75]))
-    clean = kept_clean and len(rounds_ns) >= settings.min_clean_rounds
-    return _report(
-        ms,
-        p50,
-        float(ms.sum()) / 1e3,  # the calls' own time: rounds interleave other runners
-        batch_size=batch_size,
-        windows=len(rounds_ns),
-        stable=clean and (q75 - q25) <= settings.stability_tolerance * p50,
-        stop_reason=stop_reason,
-        warmup_iterations=warmup_calls,
-        distinct_feeds=distinct_feeds,
-        window_p50_ms=[round(float(v), 6) for v in medians],
-        max_raw=settings.max_raw_latencies,
-        rounds_kept=len(rounds_ns),
-        rounds_spoiled=spoiled,
-        round_p50_iqr_ms=round(q75 - q25, 6),
-        round_p50_range_ms=[round(float(medians.min()), 6), round(float(medians.max()), 6)],
-    )
-
-
-def _report(
+def latency_report(
     ms: np.ndarray, p50: float, seconds: float, *, max_raw: int, **fields: Any
 ) -> LatencyReport:
     """A LatencyReport from per-call milliseconds, the p50 and the seconds the calls took."""
@@ -500,7 +242,7 @@ def _report(
     )
 
 
-def _batch_sizes(feeds_by_batch: Mapping[int, Any], settings: BenchmarkSettings) -> list[int]:
+def batch_sizes_of(feeds_by_batch: Mapping[int, Any], settings: BenchmarkSettings) -> list[int]:
     sizes = sorted(settings.batch_sizes or feeds_by_batch)
     missing = [size for size in sizes if size not in feeds_by_batch]
     if missing:
@@ -520,7 +262,7 @@ def is_stable(window_p50: list[float], windows: int, tolerance: float) -> bool:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off while timing (as `timeit` does), then as it was.
 
     Reference counting still frees every call's outputs; only collector pauses, which would land
@@ -536,7 +278,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _materialise(feeds: FeedSource, batch_size: int) -> list[Feeds]:
+def materialise(feeds: FeedSource, batch_size: int) -> list[Feeds]:
     source = feeds(batch_size) if callable(feeds) else feeds
     batches = [source] if isinstance(source, Mapping) else list(source)
     if not batches:
@@ -553,7 +295,7 @@ def _materialise(feeds: FeedSource, batch_size: int) -> list[Feeds]:
     return batches
 
 
-def _warm_up(
+def warm_up(
     runner: Runner, batches: list[Feeds], settings: BenchmarkSettings, deadline: int
 ) -> int:
     clock = _clock
@@ -622,7 +364,7 @@ def _summarise(
     max_raw: int,
 ) -> LatencyReport:
     ms = np.asarray(latencies_ns, dtype=np.float64) / _NS_PER_MS
-    return _report(
+    return latency_report(
         ms,
         float(np.percentile(ms, 50)),
         wall_ns / 1e9,

@@ -236,7 +236,7 @@ def _interleave(
 ) -> Any:
     """`benchmark_interleaved` over the runners; one that throws is dropped (FAILED, or for the
     champion just left out) and the rounds start again without it. None when none is left."""
-    from tasks.benchmark import RunnerFailed, benchmark_interleaved
+    from tasks.benchmark_rounds import RunnerFailed, benchmark_interleaved
 
     runners = dict(runners)
     while runners:

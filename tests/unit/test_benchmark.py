@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tasks import benchmark, contention, hardware
+from tasks import benchmark, benchmark_rounds, contention, hardware
 from tasks.benchmark import (
     BenchmarkSettings,
     LatencyReport,
@@ -386,7 +386,7 @@ def test_interleaved_rotates_the_order_every_round(
 ) -> None:
     log: list[str] = []
     runners = _drift_runners(monkeypatch, clock, [1.0] * 5, log)
-    result = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
     assert [r.order for r in result.rounds] == [
         ("a", "b", "c"),
         ("b", "c", "a"),
@@ -404,7 +404,7 @@ def test_interleaved_drift_hits_every_runner_alike(
 ) -> None:
     """The machine slows 3x in two rounds: ratios between runners hold, the p50 ignores it."""
     runners = _drift_runners(monkeypatch, clock, [1.0, 3.0, 1.0, 3.0, 1.0], [])
-    reports = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS).reports
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS).reports
     p50 = {name: by_size[1].p50_ms for name, by_size in reports.items()}
     assert p50 == pytest.approx({"a": 1.0, "b": 2.0, "c": 4.0})
     assert reports["a"][1].window_p50_ms == pytest.approx([1.0, 3.0, 1.0, 3.0, 1.0])
@@ -421,7 +421,7 @@ def test_interleaved_leaves_out_spoiled_rounds(
     machine.steal = [0.0, 0.2, 0.0, 0.0, 0.0]
     machine.other = [0.0, 0.0, 0.0, 0.9, 0.0]
     runners = _drift_runners(monkeypatch, clock, [1.0, 5.0, 1.0, 5.0, 1.0], [])
-    result = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
     assert result.kept == [0, 2, 4]
     assert "steal 20.0% > 5.0%" in result.rounds[1].spoiled_by
     assert "other processes 90%" in result.rounds[3].spoiled_by
@@ -440,7 +440,7 @@ def test_interleaved_keeps_every_round_when_too_few_are_clean(
 ) -> None:
     machine.load = [3.0, 3.0, 0.5, 3.0, 0.5]
     runners = _drift_runners(monkeypatch, clock, [2.0, 2.0, 1.0, 2.0, 1.0], [])
-    result = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
     assert result.kept == [0, 1, 2, 3, 4]
     assert "load/CPU 3.00 > 1.50" in result.rounds[0].spoiled_by
     report = result.reports["a"][1]
@@ -454,7 +454,7 @@ def test_interleaved_stops_at_the_time_bound(
 ) -> None:
     settings = BenchmarkSettings(**{**ROUNDS.__dict__, "max_seconds": 0.012})
     runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
-    result = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
     # budget 3 x 12 ms; a round costs 5 x (1 + 2 + 4) = 35 ms, so the second round is the last
     assert len(result.rounds) == 2
     assert result.stop_reason == "time_bound"
@@ -468,7 +468,7 @@ def test_interleaved_round_ends_at_round_seconds(
         **{**ROUNDS.__dict__, "window_iterations": 1000, "round_seconds": 0.0095}
     )
     runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
-    reports = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
     assert reports["a"][1].iterations == 5 * 10  # 10 calls of 1 ms pass 9.5 ms
     assert reports["c"][1].iterations == 5 * 5  # min_round_iterations
 
@@ -478,7 +478,7 @@ def test_interleaved_reports_keep_the_per_variant_shape(machine: FakeMachine) ->
     settings = BenchmarkSettings(
         **{**ROUNDS.__dict__, "rounds": 3, "batch_sizes": (), "round_seconds": 0.05}
     )
-    result = benchmark.benchmark_interleaved(runners, {1: _feeds(1), 4: _feeds(4)}, settings)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1), 4: _feeds(4)}, settings)
     assert sorted(result.reports) == ["x", "y"]
     for by_size in result.reports.values():
         assert sorted(by_size) == [1, 4]
@@ -491,9 +491,9 @@ def test_interleaved_reports_keep_the_per_variant_shape(machine: FakeMachine) ->
 
 def test_interleaved_rejects_no_runners_and_missing_feeds() -> None:
     with pytest.raises(ValueError, match="at least one runner"):
-        benchmark.benchmark_interleaved({}, {1: _feeds(1)}, ROUNDS)
+        benchmark_rounds.benchmark_interleaved({}, {1: _feeds(1)}, ROUNDS)
     with pytest.raises(ValueError, match=r"no feeds for batch size\(s\) \[1\]"):
-        benchmark.benchmark_interleaved({"a": BusyRunner()}, {4: _feeds(4)}, ROUNDS)
+        benchmark_rounds.benchmark_interleaved({"a": BusyRunner()}, {4: _feeds(4)}, ROUNDS)
 
 
 @pytest.mark.parametrize(
@@ -577,8 +577,8 @@ def test_interleaved_names_the_runner_that_throws(
         return healthy(feeds)
 
     runners["b"] = breaks_in_round_two
-    with pytest.raises(benchmark.RunnerFailed, match="b: ValueError: bad kernel") as caught:
-        benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    with pytest.raises(benchmark_rounds.RunnerFailed, match="b: ValueError: bad kernel") as caught:
+        benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
     assert caught.value.name == "b"
     assert isinstance(caught.value.error, ValueError)
 
@@ -605,7 +605,7 @@ def test_interleaved_turns_start_with_untimed_calls(clock: FakeClock, machine: F
     """The call that pays for the previous runner's state is made, but not timed."""
     last: list[str] = []
     cold = {name: ColdTurnRunner(name, clock, last) for name in ("a", "b")}
-    reports = benchmark.benchmark_interleaved(cold, {1: _feeds(1)}, ROUNDS).reports
+    reports = benchmark_rounds.benchmark_interleaved(cold, {1: _feeds(1)}, ROUNDS).reports
     assert reports["a"][1].max_ms == pytest.approx(10.0)  # no turn warm-up: charged
 
     last.clear()
@@ -613,7 +613,7 @@ def test_interleaved_turns_start_with_untimed_calls(clock: FakeClock, machine: F
         **{**ROUNDS.__dict__, "round_warmup_seconds": 0.003, "min_round_warmup_iterations": 1}
     )
     warm = {name: ColdTurnRunner(name, clock, last) for name in ("a", "b")}
-    result = benchmark.benchmark_interleaved(warm, {1: _feeds(1)}, settings)
+    result = benchmark_rounds.benchmark_interleaved(warm, {1: _feeds(1)}, settings)
     report = result.reports["a"][1]
     assert report.max_ms == pytest.approx(1.0)
     assert report.iterations == 5 * 5
@@ -627,7 +627,7 @@ def test_interleaved_turn_lasts_at_least_min_round_seconds(
 ) -> None:
     settings = BenchmarkSettings(**{**ROUNDS.__dict__, "min_round_seconds": 0.02})
     runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
-    reports = benchmark.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
     assert reports["a"][1].iterations == 5 * 20  # 1 ms calls for 20 ms, past window_iterations
     assert reports["c"][1].iterations == 5 * 5  # 4 ms calls: 5 of them pass 20 ms
 
