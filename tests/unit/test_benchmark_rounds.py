@@ -1,0 +1,329 @@
+"""Unit tests of the interleaved rounds with fake runners and a fake machine (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tasks import benchmark_rounds, contention
+from tasks.benchmark import BenchmarkSettings, LatencyReport
+from tests.unit.benchmark_fakes import BusyRunner, FakeClock, SleepRunner
+from tests.unit.benchmark_fakes import make_feeds as _feeds
+
+pytestmark = pytest.mark.unit
+
+
+ROUNDS = BenchmarkSettings(
+    warmup_iterations=2,
+    warmup_seconds=10.0,
+    window_iterations=5,
+    min_round_iterations=5,
+    round_seconds=10.0,
+    min_round_seconds=0.0,
+    round_warmup_seconds=0.0,
+    min_round_warmup_iterations=0,
+    rounds=5,
+    min_clean_rounds=3,
+    max_seconds=1e6,
+    batch_sizes=(1,),
+)
+
+
+class FakeMachine:
+    """Stands in for `contention.sample`: each round (two samples) sees the given steal share,
+    other-process share and load per CPU, on 2 CPUs."""
+
+    def __init__(self, steal=(), other=(), load=()) -> None:
+        self.steal, self.other, self.load = list(steal), list(other), list(load)
+        self.calls = 0
+
+    def __call__(self) -> contention.CpuSample:
+        round_, end = divmod(self.calls, 2)
+        self.calls += 1
+        steal = self.steal[round_] if round_ < len(self.steal) else 0.0
+        other = self.other[round_] if round_ < len(self.other) else 0.0
+        load = self.load[round_] if round_ < len(self.load) else 0.0
+        return contention.CpuSample(
+            wall_s=10.0 * round_ + end,
+            busy_s=end * other * 2.0,
+            steal_s=end * steal * 2.0,
+            total_s=end * 2.0,
+            own_s=0.0,
+            load1=2.0 * load,
+        )
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
+    fake = FakeMachine()
+    monkeypatch.setattr(contention, "sample", fake)
+    return fake
+
+
+class SharedDrift:
+    """The machine's speed per round, shared by every runner (1.0 = nominal)."""
+
+    def __init__(self, factors: list[float]) -> None:
+        self.factors = factors
+        self.round = -1
+
+
+class DriftRunner:
+    """Advances the fake clock by `base_ms` x the current drift factor; logs its rounds."""
+
+    input_names = ("x",)
+    output_names = ("y",)
+
+    def __init__(self, name: str, clock: FakeClock, base_ms: float, drift: SharedDrift, log):
+        self.name, self.clock, self.base_ms, self.drift, self.log = name, clock, base_ms, drift, log
+        self.calls = 0
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls > ROUNDS.warmup_iterations and (self.calls - 3) % 5 == 0:
+            self.log.append(self.name)  # first call of a round
+        factor = self.drift.factors[self.drift.round] if self.drift.round >= 0 else 1.0
+        self.clock.now += int(self.base_ms * factor * 1e6)
+        return {"y": feeds["x"]}
+
+
+def _drift_runners(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, factors: list[float], log: list[str]
+) -> dict:
+    drift = SharedDrift(factors)
+    runners = {
+        name: DriftRunner(name, clock, base, drift, log)
+        for name, base in (("a", 1.0), ("b", 2.0), ("c", 4.0))
+    }
+    original = contention.sample
+
+    def round_aware_sample() -> contention.CpuSample:
+        sampled = original()
+        if sampled.wall_s % 10 == 0:  # a round's first sample: the machine's speed changes
+            drift.round += 1
+        return sampled
+
+    monkeypatch.setattr(contention, "sample", round_aware_sample)
+    return runners
+
+
+def test_interleaved_rotates_the_order_every_round(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    log: list[str] = []
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, log)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert [r.order for r in result.rounds] == [
+        ("a", "b", "c"),
+        ("b", "c", "a"),
+        ("c", "a", "b"),
+        ("a", "b", "c"),
+        ("b", "c", "a"),
+    ]
+    assert log == [name for r in result.rounds for name in r.order]
+    assert result.reports["b"][1].iterations == 25
+    assert result.reports["b"][1].warmup_iterations == 2
+
+
+def test_interleaved_drift_hits_every_runner_alike(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    """The machine slows 3x in two rounds: ratios between runners hold, the p50 ignores it."""
+    runners = _drift_runners(monkeypatch, clock, [1.0, 3.0, 1.0, 3.0, 1.0], [])
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS).reports
+    p50 = {name: by_size[1].p50_ms for name, by_size in reports.items()}
+    assert p50 == pytest.approx({"a": 1.0, "b": 2.0, "c": 4.0})
+    assert reports["a"][1].window_p50_ms == pytest.approx([1.0, 3.0, 1.0, 3.0, 1.0])
+    assert reports["a"][1].round_p50_range_ms == pytest.approx([1.0, 3.0])
+    assert reports["a"][1].round_p50_iqr_ms == pytest.approx(2.0)
+    assert not reports["a"][1].stable  # the round medians spread by 2 ms around 1 ms
+    assert reports["c"][1].p99_ms == pytest.approx(12.0)
+    assert reports["a"][1].throughput == pytest.approx(25 / 0.045)  # 25 calls in 5 x 9 ms
+
+
+def test_interleaved_leaves_out_spoiled_rounds(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    machine.steal = [0.0, 0.2, 0.0, 0.0, 0.0]
+    machine.other = [0.0, 0.0, 0.0, 0.9, 0.0]
+    runners = _drift_runners(monkeypatch, clock, [1.0, 5.0, 1.0, 5.0, 1.0], [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert result.kept == [0, 2, 4]
+    assert "steal 20.0% > 5.0%" in result.rounds[1].spoiled_by
+    assert "other processes 90%" in result.rounds[3].spoiled_by
+    report = result.reports["a"][1]
+    assert report.p50_ms == pytest.approx(1.0)
+    assert report.max_ms == pytest.approx(1.0)
+    assert (report.rounds_kept, report.rounds_spoiled) == (3, 2)
+    assert report.stable
+    summary = result.summary()
+    assert summary["spoiled"] == 2 and summary["each"][1]["steal_share"] == pytest.approx(0.2)
+    assert json.loads(json.dumps(summary)) == summary
+
+
+def test_interleaved_keeps_every_round_when_too_few_are_clean(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    machine.load = [3.0, 3.0, 0.5, 3.0, 0.5]
+    runners = _drift_runners(monkeypatch, clock, [2.0, 2.0, 1.0, 2.0, 1.0], [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert result.kept == [0, 1, 2, 3, 4]
+    assert "load/CPU 3.00 > 1.50" in result.rounds[0].spoiled_by
+    report = result.reports["a"][1]
+    assert report.p50_ms == pytest.approx(2.0)
+    assert report.rounds_spoiled == 3
+    assert not report.stable
+
+
+def test_interleaved_stops_at_the_time_bound(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    settings = BenchmarkSettings(**{**ROUNDS.__dict__, "max_seconds": 0.012})
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
+    # budget 3 x 12 ms; a round costs 5 x (1 + 2 + 4) = 35 ms, so the second round is the last
+    assert len(result.rounds) == 2
+    assert result.stop_reason == "time_bound"
+    assert result.reports["a"][1].stop_reason == "time_bound"
+
+
+def test_interleaved_round_ends_at_round_seconds(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    settings = BenchmarkSettings(
+        **{**ROUNDS.__dict__, "window_iterations": 1000, "round_seconds": 0.0095}
+    )
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
+    assert reports["a"][1].iterations == 5 * 10  # 10 calls of 1 ms pass 9.5 ms
+    assert reports["c"][1].iterations == 5 * 5  # min_round_iterations
+
+
+def test_interleaved_reports_keep_the_per_variant_shape(machine: FakeMachine) -> None:
+    runners = {"x": SleepRunner(0.002), "y": SleepRunner(0.03)}
+    settings = BenchmarkSettings(
+        **{**ROUNDS.__dict__, "rounds": 3, "batch_sizes": (), "round_seconds": 0.05}
+    )
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1), 4: _feeds(4)}, settings)
+    assert sorted(result.reports) == ["x", "y"]
+    for by_size in result.reports.values():
+        assert sorted(by_size) == [1, 4]
+        for report in by_size.values():
+            data = report.to_dict()
+            assert {"p50_ms", "p99_ms", "throughput", "latencies_ms", "stable"} <= set(data)
+            assert LatencyReport.from_dict(json.loads(json.dumps(data))) == report
+    assert result.reports["y"][1].p50_ms > result.reports["x"][1].p50_ms >= 2.0
+
+
+def test_interleaved_rejects_no_runners_and_missing_feeds() -> None:
+    with pytest.raises(ValueError, match="at least one runner"):
+        benchmark_rounds.benchmark_interleaved({}, {1: _feeds(1)}, ROUNDS)
+    with pytest.raises(ValueError, match=r"no feeds for batch size\(s\) \[1\]"):
+        benchmark_rounds.benchmark_interleaved({"a": BusyRunner()}, {4: _feeds(4)}, ROUNDS)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rounds": 0}, {"min_clean_rounds": 8}, {"round_seconds": 0}, {"min_round_iterations": 0}],
+)
+def test_round_settings_are_validated(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        BenchmarkSettings(**kwargs)
+
+
+def test_contention_between_two_samples() -> None:
+    before = contention.CpuSample(100.0, 50.0, 1.0, 400.0, 10.0, 0.5)
+    after = contention.CpuSample(102.0, 53.0, 1.4, 404.0, 11.5, 2.5)
+    seen = contention.between(before, after, cpus=2)
+    assert seen.seconds == pytest.approx(2.0)
+    assert seen.steal_share == pytest.approx(0.1)
+    assert seen.other_share == pytest.approx((3.0 - 1.5) / 4.0)
+    assert seen.load1_per_cpu == pytest.approx(1.25)
+
+
+def test_contention_sample_reads_proc_stat(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 5 5 30 0 0\ncpu0 1 2 3\n")
+    monkeypatch.setattr(contention, "_STAT", stat)
+    monkeypatch.setattr(contention, "_HZ", 100)
+    sampled = contention.sample()
+    assert sampled.busy_s == pytest.approx(1.6)
+    assert sampled.steal_s == pytest.approx(0.3)
+    assert sampled.total_s == pytest.approx(10.0)
+    monkeypatch.setattr(contention, "_STAT", tmp_path / "absent")
+    assert contention.sample().total_s == 0.0
+
+
+def test_interleaved_names_the_runner_that_throws(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    log: list[str] = []
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, log)
+    healthy = runners["b"]
+
+    def breaks_in_round_two(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if healthy.calls >= 10:  # past warm-up and the first round
+            raise ValueError("bad kernel")
+        return healthy(feeds)
+
+    runners["b"] = breaks_in_round_two
+    with pytest.raises(benchmark_rounds.RunnerFailed, match="b: ValueError: bad kernel") as caught:
+        benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert caught.value.name == "b"
+    assert isinstance(caught.value.error, ValueError)
+
+
+class ColdTurnRunner:
+    """1 ms per call, but 10 ms on the first call after another runner ran (cold caches)."""
+
+    input_names = ("x",)
+    output_names = ("y",)
+
+    def __init__(self, name: str, clock: FakeClock, last: list[str]) -> None:
+        self.name, self.clock, self.last = name, clock, last
+        self.calls = 0
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        cold = self.last and self.last[0] != self.name
+        self.clock.now += int((10.0 if cold else 1.0) * 1e6)
+        self.last[:] = [self.name]
+        return {"y": feeds["x"]}
+
+
+def test_interleaved_turns_start_with_untimed_calls(clock: FakeClock, machine: FakeMachine) -> None:
+    """The call that pays for the previous runner's state is made, but not timed."""
+    last: list[str] = []
+    cold = {name: ColdTurnRunner(name, clock, last) for name in ("a", "b")}
+    reports = benchmark_rounds.benchmark_interleaved(cold, {1: _feeds(1)}, ROUNDS).reports
+    assert reports["a"][1].max_ms == pytest.approx(10.0)  # no turn warm-up: charged
+
+    last.clear()
+    settings = BenchmarkSettings(
+        **{**ROUNDS.__dict__, "round_warmup_seconds": 0.003, "min_round_warmup_iterations": 1}
+    )
+    warm = {name: ColdTurnRunner(name, clock, last) for name in ("a", "b")}
+    result = benchmark_rounds.benchmark_interleaved(warm, {1: _feeds(1)}, settings)
+    report = result.reports["a"][1]
+    assert report.max_ms == pytest.approx(1.0)
+    assert report.iterations == 5 * 5
+    # after the warm-up, 5 timed calls per round and the untimed ones: 1 when cold (10 ms pass
+    # 3 ms), 3 in rounds 2 and 4, where "a" opens the round right after its own last turn
+    assert warm["a"].calls - report.warmup_iterations == 5 * 5 + (1 + 1 + 3 + 1 + 3)
+
+
+def test_interleaved_turn_lasts_at_least_min_round_seconds(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    settings = BenchmarkSettings(**{**ROUNDS.__dict__, "min_round_seconds": 0.02})
+    runners = _drift_runners(monkeypatch, clock, [1.0] * 5, [])
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings).reports
+    assert reports["a"][1].iterations == 5 * 20  # 1 ms calls for 20 ms, past window_iterations
+    assert reports["c"][1].iterations == 5 * 5  # 4 ms calls: 5 of them pass 20 ms
+
+
+def test_settings_refuse_a_round_floor_above_the_round() -> None:
+    with pytest.raises(ValueError, match="min_round_seconds"):
+        BenchmarkSettings(min_round_seconds=2.0, round_seconds=1.0)
