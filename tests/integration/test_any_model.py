@@ -204,17 +204,17 @@ def test_variants_that_throw_in_convert_load_or_validate_are_failed_and_the_run_
 def test_a_variant_that_throws_in_benchmark_is_failed_and_the_run_goes_on(
     local_stack, tiny_bundle, model_name, work_dir, monkeypatch
 ):
-    from tasks import benchmark as benchmark_module
+    from tasks import benchmark_rounds
     from tasks.pipeline import optimize
 
-    real = benchmark_module._round_calls
+    real = benchmark_rounds._round_calls
 
     def round_calls(runner, *args, **kwargs):  # a runner that breaks in the timed rounds
         if "Tflite" in type(runner).__name__:
             raise RuntimeError("injected benchmark fault")
         return real(runner, *args, **kwargs)
 
-    monkeypatch.setattr(benchmark_module, "_round_calls", round_calls)
+    monkeypatch.setattr(benchmark_rounds, "_round_calls", round_calls)
     results = optimize(_config(tiny_bundle, model_name, "tf:fp32,tflite:fp32,tflite:fp16"))
 
     rows = _by_variant(results)
