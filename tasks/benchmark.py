@@ -20,7 +20,8 @@ FeedSource = Iterable[Feeds] | Callable[[int], Feeds | Iterable[Feeds]]
 """Pre-materialised feeds of one batch size, or a function `batch_size -> feed(s)`."""
 Progress = Callable[[int, "LatencyReport"], None]
 
-_NS_PER_MS = 1e6
+NS_PER_MS = 1e6
+"""Nanoseconds per millisecond: the timer counts ns, the reports speak ms."""
 _clock = time.perf_counter_ns
 """The timer (monotonic ns); a module attribute so tests can substitute a fake clock."""
 
@@ -340,7 +341,7 @@ def _run_windows(
         if len(window) < settings.window_iterations:
             stop_reason = "time_bound"
             break
-        window_p50.append(float(np.median(window)) / _NS_PER_MS)
+        window_p50.append(float(np.median(window)) / NS_PER_MS)
         if len(window_p50) >= settings.min_windows and is_stable(
             window_p50, settings.stability_windows, settings.stability_tolerance
         ):
@@ -363,7 +364,7 @@ def _summarise(
     distinct_feeds: int,
     max_raw: int,
 ) -> LatencyReport:
-    ms = np.asarray(latencies_ns, dtype=np.float64) / _NS_PER_MS
+    ms = np.asarray(latencies_ns, dtype=np.float64) / NS_PER_MS
     return latency_report(
         ms,
         float(np.percentile(ms, 50)),

@@ -16,6 +16,7 @@ import numpy as np
 from tasks import contention
 from tasks.backends.base import Feeds, Runner
 from tasks.benchmark import (
+    NS_PER_MS,
     BenchmarkSettings,
     FeedSource,
     LatencyReport,
@@ -28,8 +29,6 @@ from tasks.benchmark import (
 )
 
 logger = logging.getLogger(__name__)
-
-_NS_PER_MS = 1e6
 
 
 def _now() -> int:
@@ -275,8 +274,8 @@ def _summarise_rounds(
     Stable when the kept rounds are clean, at least `min_clean_rounds`, and the IQR of their
     medians is within `stability_tolerance` of the p50.
     """
-    medians = np.asarray([np.median(calls) for calls in rounds_ns], dtype=np.float64) / _NS_PER_MS
-    ms = np.concatenate([np.asarray(calls, dtype=np.float64) for calls in rounds_ns]) / _NS_PER_MS
+    medians = np.asarray([np.median(calls) for calls in rounds_ns], dtype=np.float64) / NS_PER_MS
+    ms = np.concatenate([np.asarray(calls, dtype=np.float64) for calls in rounds_ns]) / NS_PER_MS
     p50 = float(np.median(medians))
     q25, q75 = (float(v) for v in np.percentile(medians, [25, 75]))
     clean = kept_clean and len(rounds_ns) >= settings.min_clean_rounds
