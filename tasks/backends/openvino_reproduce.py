@@ -44,7 +44,12 @@ the prefix when split), as tfopt did. When tfopt ran NNCF's accuracy control (ME
 needs tfopt's task metric, this script instead leaves the convolutions/matmuls accuracy control
 kept in FP32 (KEPT_FP32: positions in topological order) out of plain quantization: the same
 layers in FP32, quantization parameters possibly a little different. The inference precision is
-a compile-time setting: compile with {{"INFERENCE_PRECISION_HINT": {hint!r}}}.
+a compile-time setting: compile with {{"INFERENCE_PRECISION_HINT": {hint!r}}}. tfopt runs the
+model reshaped to the static shape of each call (batch 1 for latency), which OpenVINO's CPU
+plugin runs faster than the dynamic batch; to do the same:
+
+    model.reshape({{name: [1, *shape[1:]] for name, shape in SHAPES.items()}})
+    compiled = ov.Core().compile_model(model, "CPU", {{"INFERENCE_PRECISION_HINT": {hint!r}}})
 """
 
 import argparse

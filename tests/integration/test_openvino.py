@@ -94,6 +94,17 @@ def test_fp32_matches_tensorflow_with_f32_pinned(tiny, tmp_path):
         assert compiled.get_property("NUM_STREAMS") == 1
         for batch in (1, 4, 7):  # dynamic batch, including one that does not divide the data
             np.testing.assert_allclose(_outputs(runner, tiny, batch), tiny["expected"], atol=1e-5)
+        # the first shapes met were compiled static, with the same settings; the rest ran on
+        # the dynamic model instead of evicting one
+        static = runner.static_models
+        assert len(static) == openvino._MAX_STATIC_SHAPES
+        assert [shapes[0][0] for shapes in static][:2] == [1, 4]
+        for shapes, model in static.items():
+            assert [list(p.get_partial_shape().to_shape()) for p in model.inputs] == [
+                list(shape) for shape in shapes
+            ]
+            assert model.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+            assert model.get_property("INFERENCE_NUM_THREADS") == THREADS
 
 
 def test_bf16_runs_only_where_the_cpu_has_bf16(tiny, tmp_path):
