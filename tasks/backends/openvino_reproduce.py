@@ -8,6 +8,7 @@ from typing import Any
 
 from tasks.backends.base import ConversionRequest
 from tasks.backends.graph_split import GraphSplit
+from tasks.backends.reproduce_text import CUT_AND_SAMPLES
 from tasks.signature import TensorInfo
 
 REPRODUCE_FILE = "reproduce.py"
@@ -61,7 +62,7 @@ import openvino as ov
 
 PRECISION = {precision!r}
 SIGNATURE_KEY = {key!r}
-INPUTS = {inputs!r}  # the model's inputs: name -> dtype
+INPUTS = {inputs!r}  # the model's inputs: name -> (dtype, shape)
 SHAPES = {shapes!r}  # the converted inputs: name -> shape
 BOUNDARY = {boundary!r}  # graph tensors where the converted core starts (empty: no split)
 CORE_INPUTS = {core_inputs!r}  # core input name -> (dtype, shape)
@@ -71,48 +72,20 @@ WEIGHTED_OPS = {weighted!r}
 KEEP_ALIVE = []
 
 
-def split(signature, directory):
-    """Saves the core (BOUNDARY -> outputs) as a SavedModel; returns the prefix function."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
+{cut_and_samples}
 
-    frozen = convert_variables_to_constants_v2(signature, lower_control_flow=False)
-    graph_def = frozen.graph.as_graph_def()
-    wrapped = tf.compat.v1.wrap_function(
-        lambda: tf.graph_util.import_graph_def(graph_def, name=""), []
-    )
-    get = wrapped.graph.get_tensor_by_name
-    inputs = dict(zip(sorted(signature.structured_input_signature[1]), frozen.inputs))
-    outputs = dict(zip(sorted(signature.structured_outputs), frozen.outputs))
-    boundary = [get(name) for name in BOUNDARY]
-    prefix = wrapped.prune(
-        feeds=[get(inputs[name].name) for name in INPUTS],
-        fetches=dict(zip(CORE_INPUTS, boundary)),
-    )
-    core = wrapped.prune(feeds=boundary, fetches={{n: get(t.name) for n, t in outputs.items()}})
+
+def split(signature, directory):
+    """Saves the core (BOUNDARY -> outputs) as a SavedModel; returns wrapped and the prefix."""
+    import tensorflow as tf
+
+    wrapped, prefix, core = cut(signature)
     module = tf.Module()
     module.pruned = core
     specs = [tf.TensorSpec(s, d, name=n) for n, (d, s) in CORE_INPUTS.items()]
     module.serve = tf.function(lambda *args: core(*args), input_signature=specs)
     tf.saved_model.save(module, directory, signatures={{"serving_default": module.serve}})
     return wrapped, prefix
-
-
-def samples(directory, prefix):
-    for path in sorted(glob.glob(f"{{directory}}/**/*.npz", recursive=True)):
-        with np.load(path, allow_pickle=False) as shard:
-            arrays = {{name: shard[name] for name in INPUTS}}
-        for i in range(len(next(iter(arrays.values())))):
-            feeds = {{name: arrays[name][i : i + 1] for name in INPUTS}}
-            if prefix is None:
-                yield {{name: feeds[name].astype(dtype) for name, dtype in INPUTS.items()}}
-            else:
-                import tensorflow as tf
-
-                values = prefix(*(tf.constant(feeds[name]) for name in INPUTS))
-                yield {{name: value.numpy() for name, value in values.items()}}
 
 
 def convert(saved_model_dir, work_dir):
@@ -178,13 +151,14 @@ def write_reproduce_script(
             precision=request.precision,
             hint=settings.hint,
             key=request.signature.key,
-            inputs={t.name: t.dtype for t in request.signature.inputs},
+            inputs=described(request.signature.inputs),
             shapes=settings.shapes,
             boundary=list(split.boundary) if split else [],
             core_inputs=described(split.core_signature.inputs) if split else {},
             method=nncf.get("method"),
             kept=list(nncf.get("kept_fp32", [])),
             weighted=list(settings.weighted_ops),
+            cut_and_samples=CUT_AND_SAMPLES,
         )
     )
     return path
