@@ -69,12 +69,13 @@ def versus_tool(
     for number in range(rounds):
         tool_first = bool(number % 2)
         before = contention.sample()
-        if tool_first:
-            tool = run_in_process(model_dir / MODEL_FILE, threads)
-            measured = _measure(runner, feeds)
-        else:
-            measured = _measure(runner, feeds)
-            tool = run_in_process(model_dir / MODEL_FILE, threads)
+        turns = {
+            "tool": lambda: run_in_process(model_dir / MODEL_FILE, threads),
+            "harness": lambda: _measure(runner, feeds),
+        }
+        order = ("tool", "harness") if tool_first else ("harness", "tool")
+        done = {name: turns[name]() for name in order}
+        tool, measured = done["tool"], done["harness"]
         out.append(
             {
                 "harness_p50_ms": measured["p50_ms"],
