@@ -406,7 +406,9 @@ class OpenVinoRunner:
     `compile_static`, the runner compiles the model for each input shape it meets, up to
     `_MAX_STATIC_SHAPES` shapes (~0.1 s each); further shapes run on `compiled`, the dynamic
     model, rather than evicting one, so a server fed many batch sizes never recompiles in a loop.
-    Without it (NNCF's validation hands over a model it compiled), `compiled` runs every shape.
+    Each compiled model holds its own copy of the weights in the plugin's layout (ResNet50 FP32:
+    about 120 MB each, measured), which bounds `_MAX_STATIC_SHAPES`. Without `compile_static`
+    (NNCF's validation hands over a model it compiled), `compiled` runs every shape.
     """
 
     def __init__(
