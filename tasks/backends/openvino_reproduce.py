@@ -8,8 +8,7 @@ from typing import Any
 
 from tasks.backends.base import ConversionRequest
 from tasks.backends.graph_split import GraphSplit
-from tasks.backends.reproduce_text import CUT_AND_SAMPLES
-from tasks.signature import TensorInfo
+from tasks.backends.reproduce_text import CUT_AND_SAMPLES, tensor_table
 
 REPRODUCE_FILE = "reproduce.py"
 
@@ -142,19 +141,16 @@ def write_reproduce_script(
 ) -> Path:
     """A standalone script with this conversion's exact settings (kept next to the artifact)."""
 
-    def described(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[str, list]]:
-        return {t.name: (t.dtype, list(t.shape)) for t in tensors}
-
     split, nncf = settings.split, settings.nncf or {}
     path.write_text(
         _REPRODUCE.format(
             precision=request.precision,
             hint=settings.hint,
             key=request.signature.key,
-            inputs=described(request.signature.inputs),
+            inputs=tensor_table(request.signature.inputs),
             shapes=settings.shapes,
             boundary=list(split.boundary) if split else [],
-            core_inputs=described(split.core_signature.inputs) if split else {},
+            core_inputs=tensor_table(split.core_signature.inputs) if split else {},
             method=nncf.get("method"),
             kept=list(nncf.get("kept_fp32", [])),
             weighted=list(settings.weighted_ops),

@@ -5,6 +5,16 @@ converted core starts) and `CORE_INPUTS` (core input name -> (dtype, shape)) and
 and `numpy as np` before this text. Its functions import TensorFlow only when called.
 """
 
+from __future__ import annotations
+
+from tasks.signature import TensorInfo
+
+
+def tensor_table(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[str, list]]:
+    """`INPUTS` / `CORE_INPUTS` as the shared text reads them: name -> (dtype, shape)."""
+    return {t.name: (t.dtype, list(t.shape)) for t in tensors}
+
+
 CUT_AND_SAMPLES = '''
 def cut(signature):
     """The signature's prefix (INPUTS -> CORE_INPUTS) and core (BOUNDARY -> outputs).

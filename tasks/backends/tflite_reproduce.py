@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tasks.backends.base import ConversionRequest
 from tasks.backends.graph_split import GraphSplit
-from tasks.backends.reproduce_text import CUT_AND_SAMPLES
-from tasks.signature import Signature, TensorInfo
+from tasks.backends.reproduce_text import CUT_AND_SAMPLES, tensor_table
+from tasks.signature import Signature
 
 REPRODUCE_FILE = "reproduce.py"
 _REPRODUCE = '''"""Re-run the LiteRT conversion that made model.tflite (tfopt, tflite:{precision}).
@@ -89,16 +89,13 @@ def write_reproduce_script(
     (then the script takes the model's own inputs, and converts the core from the boundary on).
     """
 
-    def described(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[str, list]]:
-        return {t.name: (t.dtype, list(t.shape)) for t in tensors}
-
     path.write_text(
         _REPRODUCE.format(
             precision=request.precision,
             key=request.signature.key,
-            inputs=described(request.signature.inputs if split else signature.inputs),
+            inputs=tensor_table(request.signature.inputs if split else signature.inputs),
             boundary=list(split.boundary) if split else [],
-            core_inputs=described(split.core_signature.inputs) if split else {},
+            core_inputs=tensor_table(split.core_signature.inputs) if split else {},
             cut_and_samples=CUT_AND_SAMPLES,
         )
     )
