@@ -175,7 +175,9 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
 
 
 def repeatability(first: list[dict], second: list[dict]) -> list[dict[str, Any]]:
-    """p50 at batch 1 of each variant in the second run divided by the first run's."""
+    """p50 at batch 1 of each variant in the second run divided by the first run's, beside the
+    two runs' machine-speed probes (a probe ratio far from 1: the runs measured at different
+    machine speeds)."""
     again = {row["variant"]: row for row in second}
     out = []
     for row in first:
@@ -188,6 +190,8 @@ def repeatability(first: list[dict], second: list[dict]) -> list[dict[str, Any]]
                 "p50_ms_run1": row["p50_ms"],
                 "p50_ms_run2": other["p50_ms"],
                 "ratio": other["p50_ms"] / row["p50_ms"],
+                "machine_probe_ms_run1": row.get("machine_probe_ms"),
+                "machine_probe_ms_run2": other.get("machine_probe_ms"),
             }
         )
     return out

@@ -50,9 +50,12 @@ class BenchmarkSettings:
     `min_round_seconds` (a sub-millisecond runner gets hundreds of calls per round, not a few
     milliseconds of them). A round is spoiled when the hypervisor's steal exceeds
     `max_steal_share` of the CPU time, other processes take more than `max_other_share` of the
-    CPUs, or the 1-minute load average per CPU exceeds `max_load_per_cpu`; spoiled rounds are
-    left out when at least `min_clean_rounds` clean ones remain. The rounds stop early once
-    `max_seconds` per (runner, batch size) has been spent in all.
+    CPUs, or the 1-minute load average per CPU exceeds `max_load_per_cpu`. It is spoiled, too,
+    when the machine ran slow: a small matmul timed before and after every round
+    (`tasks.machine_speed`) ran more than `max_probe_slowdown` over the fastest such probe of
+    the benchmark. Spoiled rounds are left out when at least `min_clean_rounds` clean ones
+    remain; while fewer are clean, up to `max_extra_rounds` more rounds run. The rounds stop
+    early once `max_seconds` per (runner, batch size) has been spent in all.
     """
 
     warmup_iterations: int = 50
@@ -76,6 +79,8 @@ class BenchmarkSettings:
     max_steal_share: float = 0.05
     max_other_share: float = 0.25
     max_load_per_cpu: float = 1.5
+    max_probe_slowdown: float = 0.15
+    max_extra_rounds: int = 6
 
     def __post_init__(self) -> None:
         if self.window_iterations < 1 or self.stability_windows < 1:
@@ -92,6 +97,8 @@ class BenchmarkSettings:
             raise ValueError("need 0 <= min_round_seconds <= round_seconds")
         if self.round_warmup_seconds < 0 or self.min_round_warmup_iterations < 0:
             raise ValueError("round_warmup_seconds and min_round_warmup_iterations must be >= 0")
+        if self.max_probe_slowdown <= 0 or self.max_extra_rounds < 0:
+            raise ValueError("need max_probe_slowdown > 0 and max_extra_rounds >= 0")
         if any(size < 1 for size in self.batch_sizes):
             raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
 
@@ -123,6 +130,7 @@ class LatencyReport:
     rounds_spoiled: int = 0
     round_p50_iqr_ms: float | None = None
     round_p50_range_ms: list[float] = field(default_factory=list)
+    machine_probe_ms: float | None = None
 
     def to_dict(self, include_latencies: bool = True) -> dict[str, Any]:
         """JSON-safe dict; drop the raw latencies to keep it XCom-sized."""

@@ -1,19 +1,20 @@
 """Several runners measured in interleaved rounds, so the machine's drift hits them all alike.
 
-The rounds, their contention verdicts (steal, other processes, load) and the reports built from
-the kept rounds; the settings, the report type and the per-call timing are `tasks.benchmark`'s.
+The rounds, their verdicts (steal, other processes, load, the machine's slow state) and the
+reports built from the kept rounds; the settings, the report type and the per-call timing are
+`tasks.benchmark`'s.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from tasks import contention
+from tasks import contention, machine_speed
 from tasks.backends.base import Feeds, Runner
 from tasks.benchmark import (
     NS_PER_MS,
@@ -47,19 +48,29 @@ class RunnerFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One interleaved round: the order runners ran in, the contention seen, the verdict."""
+    """One interleaved round: the order runners ran in, the contention and machine speed seen,
+    the verdict."""
 
     index: int
     order: tuple[str, ...]
     contention: contention.Contention
+    probes_ms: tuple[float, float] = (0.0, 0.0)
+    """The machine-speed probes (`machine_speed`) right before and right after the round."""
     spoiled_by: str = ""
     """Empty for a clean round, else what spoiled it (`steal 7.1% > 5.0%`, ...)."""
+
+    @property
+    def probe_ms(self) -> float:
+        """The slower of the round's two probes: the round ran slow if either end did."""
+        return max(self.probes_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "order": list(self.order),
             **self.contention.to_dict(),
+            "probe_ms": round(self.probe_ms, 4),
+            "probes_ms": [round(value, 4) for value in self.probes_ms],
             "spoiled_by": self.spoiled_by,
         }
 
@@ -74,10 +85,12 @@ class InterleavedBenchmark:
     stop_reason: str
 
     def summary(self) -> dict[str, Any]:
-        """The rounds, JSON-safe: count, kept indices, each round's contention and verdict."""
+        """The rounds, JSON-safe: count, kept indices, the fastest machine-speed probe, each
+        round's contention, probe and verdict."""
         return {
             "rounds": len(self.rounds),
             "kept": list(self.kept),
+            "probe_fastest_ms": round(fastest_probe(self.rounds), 4),
             "spoiled": sum(1 for r in self.rounds if r.spoiled_by),
             "stop_reason": self.stop_reason,
             "each": [r.to_dict() for r in self.rounds],
@@ -93,10 +106,12 @@ def benchmark_interleaved(
 
     Every runner is warmed up first. Then each round runs every runner's calls at each batch
     size in turn, the runners' order rotated by one per round; each turn starts with a few
-    untimed calls (`round_warmup_seconds`). A runner's p50 is the median of
+    untimed calls (`round_warmup_seconds`). A small matmul timed before and after each round
+    tells whether the machine ran in its slow state. A runner's p50 is the median of
     its per-round medians over the kept rounds (spoiled rounds are left out when enough clean
-    ones remain, see `BenchmarkSettings`); the spread of those medians (IQR, min and max) and
-    the counts of kept and spoiled rounds go in its report.
+    ones remain, and extra rounds run while too few are clean, see `BenchmarkSettings`); the
+    spread of those medians (IQR, min and max), the counts of kept and spoiled rounds and the
+    kept rounds' median probe go in its report.
 
     Args:
         runners: name -> loaded runner (variants and, e.g., the current champion).
@@ -128,6 +143,7 @@ def benchmark_interleaved(
     kept = choose_rounds(rounds, settings.min_clean_rounds)
     spoiled = sum(1 for r in rounds if r.spoiled_by)
     kept_clean = not any(rounds[i].spoiled_by for i in kept)
+    probe = float(np.median([rounds[i].probe_ms for i in kept]))
     reports: dict[str, dict[int, LatencyReport]] = {name: {} for name in runners}
     for name, size in keys:
         reports[name][size] = _summarise_rounds(
@@ -138,6 +154,7 @@ def benchmark_interleaved(
             distinct_feeds=len(batches[size]),
             spoiled=spoiled,
             kept_clean=kept_clean,
+            probe_ms=probe,
             settings=settings,
         )
     for name in runners:
@@ -153,8 +170,11 @@ def benchmark_interleaved(
     return InterleavedBenchmark(reports, rounds, kept, stop_reason)
 
 
-def spoiled_by(seen: contention.Contention, settings: BenchmarkSettings) -> str:
-    """Why a round with this contention is spoiled ("" when it is clean)."""
+def spoiled_by(
+    seen: contention.Contention, probe_ms: float, fastest_ms: float, settings: BenchmarkSettings
+) -> str:
+    """Why a round with this contention and machine-speed probe is spoiled ("" when clean);
+    `fastest_ms` is the benchmark's fastest probe."""
     reasons = []
     if seen.steal_share > settings.max_steal_share:
         reasons.append(f"steal {seen.steal_share:.1%} > {settings.max_steal_share:.1%}")
@@ -164,7 +184,27 @@ def spoiled_by(seen: contention.Contention, settings: BenchmarkSettings) -> str:
         )
     if seen.load1_per_cpu > settings.max_load_per_cpu:
         reasons.append(f"load/CPU {seen.load1_per_cpu:.2f} > {settings.max_load_per_cpu:.2f}")
+    if probe_ms > (1 + settings.max_probe_slowdown) * fastest_ms:
+        reasons.append(
+            f"machine slow: probe {probe_ms:.3f} ms > {1 + settings.max_probe_slowdown:.2f} x "
+            f"fastest {fastest_ms:.3f} ms"
+        )
     return "; ".join(reasons)
+
+
+def fastest_probe(rounds: list[RoundRecord]) -> float:
+    """The fastest single machine-speed probe of the rounds (0.0 without rounds)."""
+    return min((value for r in rounds for value in r.probes_ms), default=0.0)
+
+
+def judged(rounds: list[RoundRecord], settings: BenchmarkSettings) -> list[RoundRecord]:
+    """The rounds with their verdicts, each round's slower probe held against the fastest
+    probe of them all (a benchmark that ran slow throughout cannot tell)."""
+    fastest = fastest_probe(rounds)
+    return [
+        replace(r, spoiled_by=spoiled_by(r.contention, r.probe_ms, fastest, settings))
+        for r in rounds
+    ]
 
 
 def choose_rounds(rounds: list[RoundRecord], min_clean: int) -> list[int]:
@@ -193,7 +233,11 @@ def _run_rounds(
     next_index: dict[tuple[str, int], int],
     settings: BenchmarkSettings,
 ) -> tuple[dict[tuple[str, int], list[list[int]]], list[RoundRecord], str]:
-    """The timed rounds; per (runner, size) one list of call ns per round."""
+    """The timed rounds; per (runner, size) one list of call ns per round.
+
+    `settings.rounds` rounds, then extra ones (up to `max_extra_rounds`) while fewer than
+    `min_clean_rounds` are clean; all within the time budget.
+    """
     names = list(runners)
     index = dict(next_index)
     per_round: dict[tuple[str, int], list[list[int]]] = {key: [] for key in index}
@@ -201,7 +245,9 @@ def _run_rounds(
     began = _now()
     rounds: list[RoundRecord] = []
     stop_reason = "rounds"
-    for number in range(settings.rounds):
+    probe = machine_speed.probe_ms()
+    number = 0
+    while _wants_round(rounds, settings):
         shift = number % len(names)
         order = tuple(names[shift:] + names[:shift])
         before = contention.sample()
@@ -214,18 +260,35 @@ def _run_rounds(
                 index[(name, size)] += made
                 per_round[(name, size)].append(calls)
         seen = contention.between(before, contention.sample())
-        rounds.append(RoundRecord(number, order, seen, spoiled_by(seen, settings)))
+        probe_after = machine_speed.probe_ms()
+        rounds.append(RoundRecord(number, order, seen, (probe, probe_after)))
+        probe = probe_after
+        rounds = judged(rounds, settings)
         logger.info(
-            "round %d/%d done after %.1f s: %s",
+            "round %d/%d%s done after %.1f s: probe %.3f ms, %s",
             number + 1,
             settings.rounds,
+            " (extra: too few clean rounds)" if number >= settings.rounds else "",
             (_now() - began) / 1e9,
+            rounds[-1].probe_ms,
             rounds[-1].spoiled_by or "clean",
         )
-        if _now() - began >= budget and number + 1 < settings.rounds:
+        number += 1
+        if _now() - began >= budget and _wants_round(rounds, settings):
             stop_reason = "time_bound"
             break
     return per_round, rounds, stop_reason
+
+
+def _wants_round(rounds: list[RoundRecord], settings: BenchmarkSettings) -> bool:
+    """Another round: the planned ones are not all done, or too few are clean and extra rounds
+    are left."""
+    if len(rounds) < settings.rounds:
+        return True
+    clean = sum(1 for r in rounds if not r.spoiled_by)
+    return clean < settings.min_clean_rounds and len(rounds) < (
+        settings.rounds + settings.max_extra_rounds
+    )
 
 
 def _round_calls(
@@ -267,6 +330,7 @@ def _summarise_rounds(
     distinct_feeds: int,
     spoiled: int,
     kept_clean: bool,
+    probe_ms: float,
     settings: BenchmarkSettings,
 ) -> LatencyReport:
     """The report from the kept rounds: p50 = median of the per-round medians.
@@ -295,4 +359,5 @@ def _summarise_rounds(
         rounds_spoiled=spoiled,
         round_p50_iqr_ms=round(q75 - q25, 6),
         round_p50_range_ms=[round(float(medians.min()), 6), round(float(medians.max()), 6)],
+        machine_probe_ms=round(probe_ms, 4),
     )

@@ -57,9 +57,12 @@ def measurement_text(summaries: list[VariantSummary]) -> str:
     ]
     text = f"one interleaved benchmark per lane, {kept} rounds kept"
     if spoiled:
-        text += f", {spoiled} spoiled by CPU steal or load"
+        text += f", {spoiled} spoiled by CPU steal, load or the machine's slow state"
     if spreads:
         text += f"; round-to-round spread (IQR of the round p50s) up to {max(spreads):.0%} of p50"
+    probes = [s.machine_probe_ms for s in measured if s.machine_probe_ms]
+    if probes:
+        text += f"; machine-speed probe {max(probes):.3g} ms over the kept rounds"
     champion = next((s.champion_in_rounds for s in measured if s.champion_in_rounds), None)
     if champion:
         text += (

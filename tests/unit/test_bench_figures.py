@@ -163,3 +163,16 @@ def test_cluster_overhead_is_the_share_of_wall_time_with_no_task_running() -> No
     assert "convert_validate_cpu[3]" in text
     with pytest.raises(BenchError):
         run_figures({**run, "end_date": None}, instances)
+
+
+def test_repeatability_note_says_when_the_runs_measured_at_different_machine_speeds() -> None:
+    same = {"machine_probe_ms_run1": 0.560, "machine_probe_ms_run2": 0.575}
+    assert figures._repeatability_note(same) == (
+        "DAG run / CLI run; machine-speed probe 0.560 ms (CLI) vs 0.575 ms (DAG)"
+    )
+    slow = {"machine_probe_ms_run1": 0.560, "machine_probe_ms_run2": 0.760}
+    assert figures._repeatability_note(slow).endswith(
+        ": the runs measured at different machine speeds"
+    )
+    assert figures._repeatability_note(None) == "DAG run / CLI run"
+    assert figures._repeatability_note({"machine_probe_ms_run1": None}) == "DAG run / CLI run"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
-from tasks import benchmark_rounds, contention
+from tasks import benchmark_rounds, contention, machine_speed
 from tasks.benchmark import BenchmarkSettings, LatencyReport
 from tests.unit.benchmark_fakes import BusyRunner, FakeClock, SleepRunner
 from tests.unit.benchmark_fakes import make_feeds as _feeds
@@ -33,11 +34,20 @@ ROUNDS = BenchmarkSettings(
 
 class FakeMachine:
     """Stands in for `contention.sample`: each round (two samples) sees the given steal share,
-    other-process share and load per CPU, on 2 CPUs."""
+    other-process share and load per CPU, on 2 CPUs. It stands in for the machine-speed probe
+    too: `probes[k]` is the k-th probe's ms (the one before round 0, then one after each round;
+    1.0 past the list)."""
 
-    def __init__(self, steal=(), other=(), load=()) -> None:
+    def __init__(self, steal=(), other=(), load=(), probes=()) -> None:
         self.steal, self.other, self.load = list(steal), list(other), list(load)
+        self.probes = list(probes)
         self.calls = 0
+        self.probe_calls = 0
+
+    def probe(self) -> float:
+        k = self.probe_calls
+        self.probe_calls += 1
+        return self.probes[k] if k < len(self.probes) else 1.0
 
     def __call__(self) -> contention.CpuSample:
         round_, end = divmod(self.calls, 2)
@@ -59,6 +69,7 @@ class FakeMachine:
 def machine(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
     fake = FakeMachine()
     monkeypatch.setattr(contention, "sample", fake)
+    monkeypatch.setattr(machine_speed, "probe_ms", fake.probe)
     return fake
 
 
@@ -163,12 +174,59 @@ def test_interleaved_leaves_out_spoiled_rounds(
     assert json.loads(json.dumps(summary)) == summary
 
 
+def test_interleaved_leaves_out_rounds_in_the_machines_slow_state(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    """A round is judged by the slower of the probes on either side of it."""
+    machine.probes = [0.5, 0.5, 0.7, 0.5, 0.5, 0.56]
+    runners = _drift_runners(monkeypatch, clock, [1.0, 1.4, 1.4, 1.0, 1.0], [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert result.kept == [0, 3, 4]
+    assert [r.probe_ms for r in result.rounds] == [0.5, 0.7, 0.7, 0.5, 0.56]
+    assert result.rounds[1].spoiled_by == "machine slow: probe 0.700 ms > 1.15 x fastest 0.500 ms"
+    assert result.rounds[4].spoiled_by == ""  # 12% over the fastest: within 15%
+    report = result.reports["b"][1]
+    assert report.p50_ms == pytest.approx(2.0)
+    assert (report.rounds_kept, report.rounds_spoiled) == (3, 2)
+    assert report.machine_probe_ms == pytest.approx(0.5)
+    summary = result.summary()
+    assert summary["probe_fastest_ms"] == 0.5 and summary["each"][2]["probe_ms"] == 0.7
+
+
+def test_interleaved_runs_extra_rounds_until_enough_are_clean(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    """Fast before the first round, then slow for the 5 planned rounds and fast after: the
+    rounds run on until 3 are clean."""
+    machine.probes = [0.5] + [0.7] * 5 + [0.5] * 5
+    runners = _drift_runners(monkeypatch, clock, [1.4] * 6 + [1.0] * 5, [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert len(result.rounds) == 9
+    assert result.kept == [6, 7, 8]
+    assert result.stop_reason == "rounds"
+    assert result.reports["c"][1].p50_ms == pytest.approx(4.0)
+    assert result.reports["c"][1].machine_probe_ms == pytest.approx(0.5)
+
+
+def test_interleaved_extra_rounds_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    machine.probes = [0.5] + [0.7] * 20
+    settings = BenchmarkSettings(**{**ROUNDS.__dict__, "max_extra_rounds": 2})
+    runners = _drift_runners(monkeypatch, clock, [1.0] + [1.4] * 20, [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
+    assert len(result.rounds) == 7  # 5 planned + 2 extra; none of them clean
+    assert result.kept == list(range(7))  # too few clean ones: every round, flagged unstable
+    assert not result.reports["a"][1].stable
+
+
 def test_interleaved_keeps_every_round_when_too_few_are_clean(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
 ) -> None:
     machine.load = [3.0, 3.0, 0.5, 3.0, 0.5]
+    settings = BenchmarkSettings(**{**ROUNDS.__dict__, "max_extra_rounds": 0})
     runners = _drift_runners(monkeypatch, clock, [2.0, 2.0, 1.0, 2.0, 1.0], [])
-    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
     assert result.kept == [0, 1, 2, 3, 4]
     assert "load/CPU 3.00 > 1.50" in result.rounds[0].spoiled_by
     report = result.reports["a"][1]
@@ -226,11 +284,25 @@ def test_interleaved_rejects_no_runners_and_missing_feeds() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"rounds": 0}, {"min_clean_rounds": 8}, {"round_seconds": 0}, {"min_round_iterations": 0}],
+    [
+        {"rounds": 0},
+        {"min_clean_rounds": 8},
+        {"round_seconds": 0},
+        {"min_round_iterations": 0},
+        {"max_probe_slowdown": 0},
+        {"max_extra_rounds": -1},
+    ],
 )
 def test_round_settings_are_validated(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         BenchmarkSettings(**kwargs)
+
+
+def test_machine_speed_probe_times_a_matmul_then_lets_the_blas_threads_settle() -> None:
+    began = time.perf_counter()
+    probe = machine_speed.probe_ms(settle_seconds=0.05)
+    assert time.perf_counter() - began >= 0.05
+    assert 0.0 < probe < 1000.0
 
 
 def test_contention_between_two_samples() -> None:
