@@ -16,6 +16,7 @@ The gate: the fidelity metric's mean cosine similarity to TF's logits may drop a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench import peer_runners, realsize
 from bench.int8_peak import gemm_runners
@@ -47,14 +50,29 @@ def tfopt_variants() -> list[str]:
 
 def fidelity(runner: Callable, feeds: Sequence[dict], reference: Sequence[dict]) -> dict:
     """tfopt's fidelity metric of `runner` against the reference outputs, sample by sample."""
+    return fidelity_of([runner(feed) for feed in feeds], reference)
+
+
+def fidelity_of(outputs: Sequence[dict], reference: Sequence[dict]) -> dict:
+    """tfopt's fidelity metric of a runner's outputs against the reference, sample by sample."""
     from tasks.metrics.fidelity import FidelityAccumulator
 
-    outputs = tuple(reference[0])
-    accumulator = FidelityAccumulator("fidelity", outputs)
-    for feed, expected in zip(feeds, reference, strict=True):
-        accumulator.update(runner(feed), {}, expected)
+    accumulator = FidelityAccumulator("fidelity", tuple(reference[0]))
+    for got, expected in zip(outputs, reference, strict=True):
+        accumulator.update(got, {}, expected)
     value = accumulator.value()
     return {key: round(float(v), 6) for key, v in value.details.items()}
+
+
+def outputs_digest(outputs: Sequence[dict]) -> str:
+    """SHA-256 of a runner's outputs, every sample and output in order: two runners with the
+    same digest computed the same numbers, bit for bit."""
+    digest = hashlib.sha256()
+    for sample in outputs:
+        for name in sorted(sample):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(sample[name]).tobytes())
+    return digest.hexdigest()
 
 
 def accuracy_validation(feeds: Sequence[dict], reference: Sequence[dict]) -> Any:
@@ -168,7 +186,9 @@ def judge_and_measure(
 
     feeds, reference = data["eval_feeds"], data["reference"]
     for name, runner in runners.items():
-        infos[name]["fidelity"] = fidelity(runner, feeds, reference)
+        outputs = [runner(feed) for feed in feeds]
+        infos[name]["fidelity"] = fidelity_of(outputs, reference)
+        infos[name]["outputs_sha256"] = outputs_digest(outputs)
         drop = 1.0 - infos[name]["fidelity"]["cosine"]
         infos[name]["passed"] = drop <= GATE_COSINE_DROP
     settings = BenchmarkSettings(
@@ -206,7 +226,10 @@ def headline(rows: dict[str, dict]) -> dict[str, Any]:
     Both are measured in the same rounds, so the speed ratio is taken per round (the peer's
     round median over the choice's) and its median reported, with the per-round values: a
     stretch in which the machine ran slow hits both sides of each round's ratio alike. Without
-    per-round medians it is the ratio of the two p50s.
+    per-round medians it is the ratio of the two p50s. `same_outputs` says the two computed the
+    very same numbers on every eval image: then they are one model built by the same recipe
+    (tfopt's `tflite:dynamic` and LiteRT's one-line `Optimize.DEFAULT` are), and the ratio is
+    only the noise of timing one model twice.
     """
 
     def fastest(kind: str) -> tuple[str | None, float | None]:
@@ -243,6 +266,12 @@ def headline(rows: dict[str, dict]) -> dict[str, Any]:
         "best_peer_p50_ms": peer_ms,
         "speed_vs_best_peer": ratio,
         "speed_vs_best_peer_rounds": [round(r, 4) for r in per_round],
+        "same_outputs": bool(
+            chosen
+            and peer
+            and rows[chosen].get("outputs_sha256")
+            and rows[chosen].get("outputs_sha256") == rows[peer].get("outputs_sha256")
+        ),
     }
 
 

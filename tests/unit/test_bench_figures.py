@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from bench import figures, render
+from bench import figures, peers, render
 from bench.peers import headline
 
 pytestmark = pytest.mark.unit
@@ -57,6 +58,26 @@ def test_headline_takes_the_median_of_the_per_round_ratios() -> None:
     assert top["chosen"] == "openvino:bf16" and top["best_peer"] == "peer:openvino-default"
     assert top["speed_vs_best_peer"] == pytest.approx(2.5 / 2.49)  # not 2.5 / 2.6
     assert len(top["speed_vs_best_peer_rounds"]) == 5
+
+
+def test_a_tie_is_two_runners_that_computed_the_same_outputs_bit_for_bit() -> None:
+    rows = {
+        "tflite:dynamic": _row("tfopt", 12.9),
+        "peer:litert-dynamic-range": _row("peer", 12.8),
+    }
+    same = peers.outputs_digest([{"logits": np.array([[0.25, -1.5]], np.float32)}])
+    rows["tflite:dynamic"]["outputs_sha256"] = same
+    rows["peer:litert-dynamic-range"]["outputs_sha256"] = same
+    network = {"model": "mobilenet_v2", "gate": "fidelity cosine >= 0.99", **headline(rows)}
+    assert network["same_outputs"] and network["speed_vs_best_peer"] == pytest.approx(12.8 / 12.9)
+    judged = figures.realsize_figures([network])[0]
+    assert judged.passed is True and "a tie" in judged.note
+
+    other = peers.outputs_digest([{"logits": np.array([[0.25, -1.4999]], np.float32)}])
+    rows["peer:litert-dynamic-range"]["outputs_sha256"] = other
+    network = {"model": "mobilenet_v2", "gate": "fidelity cosine >= 0.99", **headline(rows)}
+    assert not network["same_outputs"]
+    assert figures.realsize_figures([network])[0].passed is False  # 0.99x, measured
 
 
 def test_headline_without_a_passing_side_has_no_ratio() -> None:
