@@ -277,25 +277,33 @@ def _best_share(by_variant: dict[str, dict], precisions: tuple[str, ...]) -> dic
     return {"variant": name, **found[name]}
 
 
+TIE_NOISE = 0.02
+"""How far apart two timings of one model may land and still be one speed: paired, interleaved
+rounds of one .tflite in two interpreters measured medians of 0.996-1.003."""
+
+
 def realsize_figures(networks: list[dict[str, Any]]) -> list[Figure]:
     """Per network tfopt's choice vs the best peer; FP32 and INT8 efficiency of the
     compute-bound one."""
     out = []
     for net in networks:
         note = f"{net.get('chosen')} vs {net.get('best_peer')}; gate: {net['gate']}"
-        tie = bool(net.get("same_outputs"))
-        if tie:
+        same = bool(net.get("same_outputs"))
+        ratio = net.get("speed_vs_best_peer")
+        if same and ratio is not None and ratio < 1.0:
             note += (
-                "; a tie: the two computed the same outputs bit for bit on every eval image "
-                "(one model, one recipe), so the ratio is the noise of timing it twice"
+                "; the two computed the same outputs bit for bit on every eval image: within "
+                f"{TIE_NOISE:.0%} that is a tie, the noise of timing one model twice"
             )
+        elif same:
+            note += "; the same outputs bit for bit: the same model, run faster by tfopt"
         out.append(
             _check(
                 f"{net['model']}: tfopt / best peer",
-                net.get("speed_vs_best_peer"),
+                ratio,
                 "x",
                 ">= 1.0x",
-                lambda v, tie=tie: v >= 1.0 or tie,
+                lambda v, same=same: v >= 1.0 or (same and v >= 1.0 - TIE_NOISE),
                 note,
             )
         )

@@ -139,7 +139,7 @@ def peers_table(network: dict[str, Any]) -> str:
         f"tfopt's choice {network.get('chosen')} {_ms(network.get('chosen_p50_ms'))} ms vs best "
         f"peer {network.get('best_peer')} {_ms(network.get('best_peer_p50_ms'))} ms: "
         f"{_fmt(ratio, '.2f', 'x')}{_round_range(network.get('speed_vs_best_peer_rounds'))}"
-        + (" - a tie: the same outputs bit for bit" if network.get("same_outputs") else "")
+        + (" (the same outputs bit for bit)" if network.get("same_outputs") else "")
     )
     notes = [
         f"  {name}: {rows[name]['status']}: {rows[name].get('reason', '')}"
