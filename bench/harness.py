@@ -97,10 +97,10 @@ def versus_tool(
     its rounds (contention, and the machine-speed probes on either side of it); `kept` marks
     the rounds the figures should use."""
     from bench.litert_tool import run_in_process
-    from tasks import contention, machine_speed
+    from tasks import machine_speed
     from tasks.backends.tflite import MODEL_FILE
     from tasks.benchmark import BenchmarkSettings
-    from tasks.benchmark_rounds import RoundRecord, choose_rounds, judged
+    from tasks.benchmark_rounds import choose_rounds, judged, observed_round, rotation
 
     runner, feeds = _load("tflite", model_dir, export_dir, eval_uri, threads)
     resident = ResidentInputs(model_dir / MODEL_FILE, threads)
@@ -109,18 +109,15 @@ def versus_tool(
         "harness": lambda: _measure(resident, feeds),
         "call": lambda: _measure(runner, feeds),
     }
-    names = list(turns)
     out, records = [], []
     probe = machine_speed.probe_ms()
     for number in range(rounds):
-        shift = number % len(names)
-        order = names[shift:] + names[:shift]
-        before = contention.sample()
-        done = {name: turns[name]() for name in order}
-        seen = contention.between(before, contention.sample())
-        after = machine_speed.probe_ms()
-        records.append(RoundRecord(number, tuple(order), seen, (probe, after)))
-        probe = after
+        order = rotation(list(turns), number)
+        record, done = observed_round(
+            number, order, probe, lambda order=order: {name: turns[name]() for name in order}
+        )
+        records.append(record)
+        probe = record.probes_ms[1]
         tool_ms = done["tool"]["p50_ms"]
         out.append(
             {

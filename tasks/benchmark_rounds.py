@@ -8,9 +8,9 @@ reports built from the kept rounds; the settings, the report type and the per-ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from tasks.benchmark import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _now() -> int:
@@ -246,24 +247,25 @@ def _run_rounds(
     rounds: list[RoundRecord] = []
     stop_reason = "rounds"
     probe = machine_speed.probe_ms()
-    number = 0
     while _wants_round(rounds, settings):
-        shift = number % len(names)
-        order = tuple(names[shift:] + names[:shift])
-        before = contention.sample()
-        for name in order:
-            for size, feeds in batches.items():
-                try:
-                    calls, made = _round_calls(runners[name], feeds, index[(name, size)], settings)
-                except Exception as exc:
-                    raise RunnerFailed(name, exc) from exc
-                index[(name, size)] += made
-                per_round[(name, size)].append(calls)
-        seen = contention.between(before, contention.sample())
-        probe_after = machine_speed.probe_ms()
-        rounds.append(RoundRecord(number, order, seen, (probe, probe_after)))
-        probe = probe_after
-        rounds = judged(rounds, settings)
+        number = len(rounds)
+        order = rotation(names, number)
+
+        def turns(order: tuple[str, ...] = order) -> None:
+            for name in order:
+                for size, feeds in batches.items():
+                    try:
+                        calls, made = _round_calls(
+                            runners[name], feeds, index[(name, size)], settings
+                        )
+                    except Exception as exc:
+                        raise RunnerFailed(name, exc) from exc
+                    index[(name, size)] += made
+                    per_round[(name, size)].append(calls)
+
+        record, _ = observed_round(number, order, probe, turns)
+        rounds = judged([*rounds, record], settings)
+        probe = rounds[-1].probes_ms[1]
         logger.info(
             "round %d/%d%s done after %.1f s: probe %.3f ms, %s",
             number + 1,
@@ -273,11 +275,28 @@ def _run_rounds(
             rounds[-1].probe_ms,
             rounds[-1].spoiled_by or "clean",
         )
-        number += 1
         if _now() - began >= budget and _wants_round(rounds, settings):
             stop_reason = "time_bound"
             break
     return per_round, rounds, stop_reason
+
+
+def rotation(names: Sequence[str], number: int) -> tuple[str, ...]:
+    """The order of round `number`: `names` rotated by one per round."""
+    shift = number % len(names)
+    return tuple(names[shift:]) + tuple(names[:shift])
+
+
+def observed_round(
+    index: int, order: tuple[str, ...], probe_before: float, run: Callable[[], T]
+) -> tuple[RoundRecord, T]:
+    """Round `index`, not yet judged, and what `run()` returned: `run()` with the CPU contention
+    around it and a machine-speed probe after it; `probe_before` is the probe that ended the
+    round before (or began the benchmark)."""
+    before = contention.sample()
+    result = run()
+    seen = contention.between(before, contention.sample())
+    return RoundRecord(index, order, seen, (probe_before, machine_speed.probe_ms())), result
 
 
 def _wants_round(rounds: list[RoundRecord], settings: BenchmarkSettings) -> bool:
