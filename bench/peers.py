@@ -213,6 +213,7 @@ def judge_and_measure(
             "round_p50_range_ms": report.round_p50_range_ms,
             "round_p50_ms": report.window_p50_ms,
             "rounds_kept": report.rounds_kept,
+            "rounds_slow": report.rounds_slow,
             "machine_probe_ms": report.machine_probe_ms,
             "stable": report.stable,
             "iterations": report.iterations,

@@ -55,7 +55,11 @@ class BenchmarkSettings:
     (`tasks.machine_speed`) ran more than `max_probe_slowdown` over the fastest such probe of
     the benchmark. Spoiled rounds are left out when at least `min_clean_rounds` clean ones
     remain; while fewer are clean, up to `max_extra_rounds` more rounds run. The rounds stop
-    early once `max_seconds` per (runner, batch size) has been spent in all.
+    early once `max_seconds` per (runner, batch size) has been spent in all. Of the kept rounds,
+    a runner's figures come from those whose median lies within `max_round_slowdown` of its
+    fastest round: a VM runs in stretches at full speed, where a runner's round medians agree
+    within 1-2%, and in slow stretches of seconds to minutes, 5-60% slower, that the probe and
+    the contention counters see only in part; the others count as slow (`rounds_slow`).
     """
 
     warmup_iterations: int = 50
@@ -81,6 +85,7 @@ class BenchmarkSettings:
     max_load_per_cpu: float = 1.5
     max_probe_slowdown: float = 0.15
     max_extra_rounds: int = 6
+    max_round_slowdown: float = 0.05
 
     def __post_init__(self) -> None:
         if self.window_iterations < 1 or self.stability_windows < 1:
@@ -99,6 +104,8 @@ class BenchmarkSettings:
             raise ValueError("round_warmup_seconds and min_round_warmup_iterations must be >= 0")
         if self.max_probe_slowdown <= 0 or self.max_extra_rounds < 0:
             raise ValueError("need max_probe_slowdown > 0 and max_extra_rounds >= 0")
+        if self.max_round_slowdown <= 0:
+            raise ValueError("need max_round_slowdown > 0")
         if any(size < 1 for size in self.batch_sizes):
             raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
 
@@ -128,6 +135,9 @@ class LatencyReport:
     latencies_ms: list[float] = field(default_factory=list)
     rounds_kept: int = 0
     rounds_spoiled: int = 0
+    rounds_slow: int = 0
+    """Kept rounds left out of these figures: the runner's median ran more than
+    `max_round_slowdown` over its fastest round (a slow stretch of the machine)."""
     round_p50_iqr_ms: float | None = None
     round_p50_range_ms: list[float] = field(default_factory=list)
     machine_probe_ms: float | None = None

@@ -109,10 +109,12 @@ def benchmark_interleaved(
     size in turn, the runners' order rotated by one per round; each turn starts with a few
     untimed calls (`round_warmup_seconds`). A small matmul timed before and after each round
     tells whether the machine ran in its slow state. A runner's p50 is the median of
-    its per-round medians over the kept rounds (spoiled rounds are left out when enough clean
-    ones remain, and extra rounds run while too few are clean, see `BenchmarkSettings`); the
-    spread of those medians (IQR, min and max), the counts of kept and spoiled rounds and the
-    kept rounds' median probe go in its report.
+    its per-round medians over the kept rounds it ran at full speed (spoiled rounds are left
+    out when enough clean ones remain, and extra rounds run while too few are clean; of the
+    kept rounds, those more than `max_round_slowdown` over the runner's fastest count as slow;
+    see `BenchmarkSettings`); the spread of those medians (IQR; min and max over every kept
+    round), the counts of kept, spoiled and slow rounds and the kept rounds' median probe go in
+    its report.
 
     Args:
         runners: name -> loaded runner (variants and, e.g., the current champion).
@@ -160,12 +162,13 @@ def benchmark_interleaved(
         )
     for name in runners:
         logger.info(
-            "%s: p50 b%d %.3f ms (rounds IQR %.3f ms, %d kept, %d spoiled)",
+            "%s: p50 b%d %.3f ms (rounds IQR %.3f ms, %d at full speed, %d slow, %d spoiled)",
             name,
             sizes[0],
             reports[name][sizes[0]].p50_ms,
             reports[name][sizes[0]].round_p50_iqr_ms or 0.0,
-            len(kept),
+            reports[name][sizes[0]].rounds_kept,
+            reports[name][sizes[0]].rounds_slow,
             spoiled,
         )
     return InterleavedBenchmark(reports, rounds, kept, stop_reason)
@@ -340,6 +343,15 @@ def _round_calls(
     return calls, made
 
 
+def full_speed_rounds(medians: Sequence[float], max_slowdown: float) -> list[int]:
+    """Indices of the round medians within `max_slowdown` of the fastest: the rounds a runner
+    ran at the machine's full speed."""
+    if not medians:
+        return []
+    limit = (1 + max_slowdown) * min(medians)
+    return [i for i, value in enumerate(medians) if value <= limit]
+
+
 def _summarise_rounds(
     rounds_ns: list[list[int]],
     *,
@@ -352,31 +364,37 @@ def _summarise_rounds(
     probe_ms: float,
     settings: BenchmarkSettings,
 ) -> LatencyReport:
-    """The report from the kept rounds: p50 = median of the per-round medians.
+    """The report from the kept rounds at full speed (`full_speed_rounds`): p50 = median of
+    their per-round medians; the other statistics from their calls. The range and
+    `window_p50_ms` cover every kept round, slow ones included, so runners measured in the same
+    rounds can be compared round by round.
 
-    Stable when the kept rounds are clean, at least `min_clean_rounds`, and the IQR of their
-    medians is within `stability_tolerance` of the p50.
+    Stable when the kept rounds are clean, at least `min_clean_rounds` ran at full speed, and
+    the IQR of their medians is within `stability_tolerance` of the p50.
     """
-    medians = np.asarray([np.median(calls) for calls in rounds_ns], dtype=np.float64) / NS_PER_MS
-    ms = np.concatenate([np.asarray(calls, dtype=np.float64) for calls in rounds_ns]) / NS_PER_MS
+    all_medians = [float(np.median(calls)) / NS_PER_MS for calls in rounds_ns]
+    fast = full_speed_rounds(all_medians, settings.max_round_slowdown)
+    medians = np.asarray([all_medians[i] for i in fast], dtype=np.float64)
+    ms = np.concatenate([np.asarray(rounds_ns[i], dtype=np.float64) for i in fast]) / NS_PER_MS
     p50 = float(np.median(medians))
     q25, q75 = (float(v) for v in np.percentile(medians, [25, 75]))
-    clean = kept_clean and len(rounds_ns) >= settings.min_clean_rounds
+    clean = kept_clean and len(fast) >= settings.min_clean_rounds
     return latency_report(
         ms,
         p50,
         float(ms.sum()) / 1e3,  # the calls' own time: rounds interleave other runners
         batch_size=batch_size,
-        windows=len(rounds_ns),
+        windows=len(all_medians),
         stable=clean and (q75 - q25) <= settings.stability_tolerance * p50,
         stop_reason=stop_reason,
         warmup_iterations=warmup_calls,
         distinct_feeds=distinct_feeds,
-        window_p50_ms=[round(float(v), 6) for v in medians],
+        window_p50_ms=[round(v, 6) for v in all_medians],
         max_raw=settings.max_raw_latencies,
-        rounds_kept=len(rounds_ns),
+        rounds_kept=len(fast),
         rounds_spoiled=spoiled,
+        rounds_slow=len(rounds_ns) - len(fast),
         round_p50_iqr_ms=round(q75 - q25, 6),
-        round_p50_range_ms=[round(float(medians.min()), 6), round(float(medians.max()), 6)],
+        round_p50_range_ms=[round(min(all_medians), 6), round(max(all_medians), 6)],
         machine_probe_ms=round(probe_ms, 4),
     )

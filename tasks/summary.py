@@ -53,13 +53,15 @@ class VariantSummary:
     Metric figures are in the metric's own units (`metric_name`); `metric_delta` is variant minus
     baseline. Latencies are milliseconds at batch 1, `throughput` samples/s at the best batch
     size. They come from one interleaved benchmark per lane: a p50 is the median of the
-    per-round medians, `round_p50_iqr_ms` their spread at batch 1, `rounds_spoiled` the rounds
-    the machine's contention or slow state spoiled, and `machine_probe_ms` the machine-speed
-    probe over the kept rounds (`tasks.machine_speed`: two runs whose probes differ ran at
-    different machine speeds). `champion_in_rounds` holds the current champion's figures
-    measured in the same rounds, when it runs on the variant's lane. `split` describes ops kept
-    in TensorFlow in front of a converted core, if any (`tf_ops`, `boundary`, `prefix_share` of
-    the latency). `verdict` is set by the selection.
+    per-round medians at full speed, `round_p50_iqr_ms` their spread at batch 1, `rounds_spoiled`
+    the rounds the machine's contention or slow state spoiled, `rounds_slow` the kept rounds this
+    variant ran more than `BenchmarkSettings.max_round_slowdown` over its fastest (left out of its
+    figures), and `machine_probe_ms` the machine-speed probe over the kept rounds
+    (`tasks.machine_speed`: two runs whose probes differ ran at different machine speeds).
+    `champion_in_rounds` holds the current champion's figures measured in the same rounds, when it
+    runs on the variant's lane. `split` describes ops kept in TensorFlow in front of a converted
+    core, if any (`tf_ops`, `boundary`, `prefix_share` of the latency). `verdict` is set by the
+    selection.
     """
 
     variant: str
@@ -93,6 +95,7 @@ class VariantSummary:
     round_p50_iqr_ms: float | None = None
     rounds_kept: int | None = None
     rounds_spoiled: int | None = None
+    rounds_slow: int | None = None
     machine_probe_ms: float | None = None
     champion_in_rounds: dict[str, Any] | None = None
 
@@ -175,6 +178,7 @@ def summarize(
         round_p50_iqr_ms=_num(bench.get("round_p50_iqr_ms_b1")),
         rounds_kept=bench.get("rounds_kept"),
         rounds_spoiled=bench.get("rounds_spoiled"),
+        rounds_slow=bench.get("rounds_slow"),
         machine_probe_ms=_num(bench.get("machine_probe_ms")),
         champion_in_rounds=bench.get("champion"),
     )

@@ -288,6 +288,7 @@ def _variant_result(
     first = reports[min(reports)]
     metrics["rounds_kept"] = first.rounds_kept
     metrics["rounds_spoiled"] = first.rounds_spoiled
+    metrics["rounds_slow"] = first.rounds_slow
     metrics["machine_probe_ms"] = first.machine_probe_ms
     return StageResult(
         stage="benchmark",

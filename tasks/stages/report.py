@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import storage
+from tasks.benchmark import BenchmarkSettings
 from tasks.config import PipelineConfig, RunContext
 from tasks.results import StageResult, Status
 from tasks.stages.common import (
@@ -58,6 +59,12 @@ def measurement_text(summaries: list[VariantSummary]) -> str:
     text = f"one interleaved benchmark per lane, {kept} rounds kept"
     if spoiled:
         text += f", {spoiled} spoiled by CPU steal, load or the machine's slow state"
+    slow = max(s.rounds_slow or 0 for s in measured)
+    if slow:
+        text += (
+            f"; up to {slow} more left out of a variant's figures as it ran over "
+            f"{BenchmarkSettings.max_round_slowdown:.0%} slower than its fastest round"
+        )
     if spreads:
         text += f"; round-to-round spread (IQR of the round p50s) up to {max(spreads):.0%} of p50"
     probes = [s.machine_probe_ms for s in measured if s.machine_probe_ms]

@@ -141,17 +141,28 @@ def test_interleaved_rotates_the_order_every_round(
 def test_interleaved_drift_hits_every_runner_alike(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
 ) -> None:
-    """The machine slows 3x in two rounds: ratios between runners hold, the p50 ignores it."""
+    """The machine slows 3x in two rounds: the ratios between runners hold, and each runner's
+    figures come from its three rounds at full speed; the slow ones stay in the range and the
+    per-round medians."""
     runners = _drift_runners(monkeypatch, clock, [1.0, 3.0, 1.0, 3.0, 1.0], [])
     reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS).reports
     p50 = {name: by_size[1].p50_ms for name, by_size in reports.items()}
     assert p50 == pytest.approx({"a": 1.0, "b": 2.0, "c": 4.0})
-    assert reports["a"][1].window_p50_ms == pytest.approx([1.0, 3.0, 1.0, 3.0, 1.0])
-    assert reports["a"][1].round_p50_range_ms == pytest.approx([1.0, 3.0])
-    assert reports["a"][1].round_p50_iqr_ms == pytest.approx(2.0)
-    assert not reports["a"][1].stable  # the round medians spread by 2 ms around 1 ms
-    assert reports["c"][1].p99_ms == pytest.approx(12.0)
-    assert reports["a"][1].throughput == pytest.approx(25 / 0.045)  # 25 calls in 5 x 9 ms
+    report = reports["a"][1]
+    assert report.window_p50_ms == pytest.approx([1.0, 3.0, 1.0, 3.0, 1.0])
+    assert report.round_p50_range_ms == pytest.approx([1.0, 3.0])
+    assert (report.rounds_kept, report.rounds_slow, report.rounds_spoiled) == (3, 2, 0)
+    assert report.round_p50_iqr_ms == pytest.approx(0.0)
+    assert report.stable
+    assert reports["c"][1].p99_ms == pytest.approx(4.0)  # 12 ms in the slow rounds
+    assert report.throughput == pytest.approx(15 / 0.015)  # 15 calls in 3 x 5 x 1 ms
+
+
+def test_full_speed_rounds_are_those_within_the_slowdown_of_the_fastest() -> None:
+    medians = [0.1496, 0.0968, 0.1089, 0.0972, 0.1010, 0.0965]
+    assert benchmark_rounds.full_speed_rounds(medians, 0.05) == [1, 3, 4, 5]
+    assert benchmark_rounds.full_speed_rounds(medians, 0.6) == [0, 1, 2, 3, 4, 5]
+    assert benchmark_rounds.full_speed_rounds([], 0.05) == []
 
 
 def test_interleaved_leaves_out_spoiled_rounds(
@@ -230,8 +241,8 @@ def test_interleaved_keeps_every_round_when_too_few_are_clean(
     assert result.kept == [0, 1, 2, 3, 4]
     assert "load/CPU 3.00 > 1.50" in result.rounds[0].spoiled_by
     report = result.reports["a"][1]
-    assert report.p50_ms == pytest.approx(2.0)
-    assert report.rounds_spoiled == 3
+    assert report.p50_ms == pytest.approx(1.0)  # of the kept rounds, the two at full speed
+    assert (report.rounds_kept, report.rounds_slow, report.rounds_spoiled) == (2, 3, 3)
     assert not report.stable
 
 
