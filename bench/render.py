@@ -86,8 +86,8 @@ def variants_table(bench: dict[str, Any]) -> str:
 
 
 _PEER_HEADER = [
-    "variant", "status", "p50 ms", "round IQR", "min-max of rounds", "rounds", "cosine", "agree",
-    "max err", "gate", "GFLOP/s", "% peak", "conv s",
+    "variant", "status", "p50 ms", "round IQR", "min-max of rounds", "full speed", "cosine",
+    "agree", "max err", "gate", "GFLOP/s", "% peak", "conv s",
 ]  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str
         _ms(lat.get("p50_ms")),
         _fmt(lat.get("round_p50_iqr_ms"), ".3f"),
         "-" if not spread else f"{_ms(spread[0])}-{_ms(spread[1])}",
-        _fmt(lat.get("rounds_kept"), "d"),
+        _full_speed(lat),
         _fmt(fid.get("cosine"), ".4f"),
         _fmt(fid.get("agreement"), ".2f"),
         _fmt(fid.get("max_abs_error"), ".3g"),
@@ -110,6 +110,13 @@ def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str
         _fmt(_pct((eff.get(name) or {}).get("share")), ".1f"),
         _fmt(row.get("conversion_s"), ".1f"),
     ]
+
+
+def _full_speed(lat: dict[str, Any]) -> str:
+    """`a/b`: a of the b kept rounds ran at full speed (the p50's rounds)."""
+    if lat.get("rounds_kept") is None:
+        return "-"
+    return f"{lat['rounds_kept']}/{lat['rounds_kept'] + (lat.get('rounds_slow') or 0)}"
 
 
 def _round_range(per_round: list[float] | None) -> str:

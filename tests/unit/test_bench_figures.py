@@ -19,7 +19,8 @@ def _row(kind: str, p50: float | None, passed: bool = True, status: str = "OK") 
             "p99_ms": p50 * 1.2,
             "round_p50_iqr_ms": 0.1,
             "round_p50_range_ms": [p50 * 0.9, p50 * 1.1],
-            "rounds_kept": 7,
+            "rounds_kept": 5,
+            "rounds_slow": 2,
         }
         row["fidelity"] = {"cosine": 0.999 if passed else 0.9, "agreement": 1.0}
     return row
@@ -127,6 +128,8 @@ def test_realsize_targets_and_table() -> None:
     assert "choice openvino:int8 13.0 ms vs best peer peer:openvino-default 21.0 ms" in table
     assert "SKIPPED: no GPU" in table
     assert "FAIL" in table.split("tflite:int8")[1].splitlines()[0]
+    row = next(line for line in table.splitlines() if line.lstrip().startswith("openvino:int8"))
+    assert " 5/7 " in row  # 5 of the 7 kept rounds at full speed
 
 
 def test_a_failed_pipeline_on_the_real_size_network_is_reported_not_measured() -> None:
