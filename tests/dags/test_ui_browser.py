@@ -128,6 +128,9 @@ def test_a_person_triggers_a_run_and_reads_its_report(test_airflow, page) -> Non
     frame = page.frame_locator("iframe").first
     frame.get_by_role("heading", name="Model optimisation runs").wait_for()
     frame.get_by_role("link", name=model.name).first.click()
+    # The list of all models links the run too: click it only once the model's own page is in,
+    # or the click lands on the page being replaced and is lost.
+    frame.get_by_role("link", name="all models").wait_for()
     frame.get_by_role("link", name=re.compile(r"^manual__")).first.click()
     table = frame.locator("table#variants")
     table.wait_for()
