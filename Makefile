@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 STACK := .venv/bin/python infra/local/stack.py
 STACK_ENV := $(or $(TFOPT_STACK_DIR),$(CURDIR)/.stack)/stack.env
 
-.PHONY: help install demo test test-faults test-cluster up cluster down status lint format bench bench-cluster
+.PHONY: help install demo test test-slow test-faults test-cluster up cluster down status lint format bench bench-cluster
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,11 +24,14 @@ install:  ## install everything from uv.lock into .venv (installs uv itself if m
 demo: install  ## start the local stack, train the demo model, optimise it, print where to look
 	@bash infra/local/demo.sh
 
-test: install  ## lint, then the test suite against a real local stack (started and stopped by the tests)
+test: install  ## lint, then the test suite but its slow tiers, against a real local stack (started and stopped by the tests)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@bash infra/local/install-browser.sh
-	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster
+	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster -m "not slow"
+
+test-slow: install  ## the tests marked slow (full-size demo training, minutes each) against a real local stack
+	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster -m slow
 
 test-faults: install  ## inject faults into a real local stack (S3/MLflow stops, 500s, kills, races)
 	@.venv/bin/pytest tests/faults
