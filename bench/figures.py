@@ -175,9 +175,9 @@ def _efficiency_note(chosen: str, by_variant: dict[str, dict[str, Any]]) -> str:
 def _harness_note(worst: dict[str, Any] | None) -> str:
     """What the harness figure compares, and the runner's full call beside it."""
     note = (
-        "worst tflite variant; the harness timing the tool's own work (LiteRT invoked on "
-        "inputs written once) and the tool interleaved, order rotated per round, median of "
-        "the round ratios"
+        "worst tflite variant; the harness timing the tool's own work (LiteRT's CompiledModel "
+        "run on inputs written once) and the tool interleaved, order rotated per round, median "
+        "of the round ratios"
     )
     if worst and worst.get("call_ratio") is not None:
         note += (

@@ -67,9 +67,10 @@ def variants_table(bench: dict[str, Any]) -> str:
     """Per variant: latency, speed-ups, throughput, top-1, size, efficiency, harness checks.
 
     Ratios are vs tf:fp32 (`x b1`, `x b8`: p50 ratios; `x thrpt`: best throughput ratio);
-    `harn/tool`: tfopt's harness p50 on the tool's own work (inputs written once) / LiteRT's
-    tool p50, back to back (median of rounds); `call/tool`: the same with the runner's full
-    call, which writes the next input every call; `pipe/tool`: the CLI run's p50 / the tool's;
+    `harn/tool`: tfopt's harness p50 on the tool's own work (compiled as the tool compiles it,
+    inputs written once) / LiteRT's tool p50, back to back (median of rounds); `call/tool`: the
+    same with the runner's full call, which writes the next input every call and runs in
+    LiteRT's Interpreter; `pipe/tool`: the CLI run's p50 / the tool's;
     `rerun`: the DAG run's p50 / the CLI run's.
     """
     tool = {h["variant"]: h for h in bench["harness_vs_tool"]}

@@ -51,7 +51,7 @@ logger = logging.getLogger("bench")
 DEFAULT_DEMO_URI = "s3://{bucket}/bench/demo"
 DEFAULT_MODEL_NAME = "tfopt-bench"
 DAG_FILE = REPO / "dags" / "optimize_model.py"
-HARNESS_ROUNDS = 5
+HARNESS_ROUNDS = 9
 REALSIZE_MODELS = ("mobilenet_v2", "resnet50")
 REALSIZE_TIMEOUT_S = 40 * 60
 ORCHESTRATION_MODEL = "mobilenet_v2"
@@ -132,11 +132,12 @@ def fetch_file(uri: str, dest: Path) -> Path:
 def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]:
     """Per measured tflite variant: tfopt's harness vs LiteRT's tool, `HARNESS_ROUNDS` rounds.
 
-    The rounds interleave the tool, the harness on the tool's own work (inputs written once)
-    and the harness on the runner's full call in one fresh process (`bench.harness --rounds`),
-    the order rotated every round, so the process's state and the machine's drift hit all
-    three; the figures are medians of the per-round ratios, with their min and max. The
-    pipeline's own p50 (measured minutes earlier) against the tool is reported beside them.
+    The rounds interleave the tool, the harness on the tool's own work (compiled as the tool
+    compiles it, inputs written once) and the harness on the runner's full call in one fresh
+    process (`bench.harness --rounds`), the order rotated every round, so the process's state
+    and the machine's drift hit all three; the figures are medians of the per-round ratios,
+    with their min and max. The pipeline's own p50 (measured minutes earlier) against the tool
+    is reported beside them.
     """
     export_dir = fetch_file(f"{run['root_uri']}/export", work / "export")
     eval_uri = run["config"]["eval_data_uri"]
