@@ -27,10 +27,10 @@ demo: install  ## start the local stack, train the demo model, optimise it, prin
 test: install  ## lint, then the test suite but its slow tiers, against a real local stack (started and stopped by the tests)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
-	@bash infra/local/install-browser.sh
 	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster -m "not slow"
 
-test-slow: install  ## the tests marked slow (full-size demo training, minutes each) against a real local stack
+test-slow: install  ## the tests marked slow (full-size training, the UI in Chromium, many models; minutes each) on a real local stack
+	@bash infra/local/install-browser.sh
 	@.venv/bin/pytest tests --ignore=tests/faults --ignore=tests/cluster -m slow
 
 test-faults: install  ## inject faults into a real local stack (S3/MLflow stops, 500s, kills, races)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-pytestmark = pytest.mark.dags
+pytestmark = [pytest.mark.dags, pytest.mark.slow]
 
 RUN_TIMEOUT_S = 1800  # a 2-core machine shared with other test suites can be this slow
 
