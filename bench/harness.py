@@ -30,8 +30,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def _load(backend: str, model_dir: Path, export_dir: Path, eval_uri: str, threads: int):
     from tasks.backends import get_backend
@@ -61,37 +59,17 @@ def _measure(runner: Any, feeds: Any) -> dict[str, Any]:
 
 
 class ResidentInputs:
-    """The tool's own work: a .tflite compiled as `litert-benchmark` compiles it (LiteRT's
-    CompiledModel on the CPU, the thread count set), its input buffers written once with random
-    values of each input's shape and type, as the tool fills its own; every call only runs the
-    model, as the tool's loop does on buffers it never rewrites."""
+    """The tool's own work (`bench.litert_tool.compiled_as_tool`): the .tflite compiled as
+    `litert-benchmark` compiles it, its inputs written once; every call only runs the model, as
+    the tool's loop does on buffers it never rewrites."""
 
     def __init__(self, model: Path, threads: int) -> None:
-        from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-        from ai_edge_litert.options import CpuOptions, Options
+        from bench.litert_tool import compiled_as_tool
 
-        options = Options(
-            hardware_accelerators=HardwareAccelerator.CPU,
-            cpu_options=CpuOptions(num_threads=threads),
-        )
-        self._model = CompiledModel.from_file(str(model), options=options)
-        key = next(iter(self._model.get_signature_list()))
-        self._signature = self._model.get_signature_index(key)
-        self._inputs = self._model.create_input_buffers(self._signature)
-        self._outputs = self._model.create_output_buffers(self._signature)
-        rng = np.random.default_rng(0)
-        details = self._model.get_input_tensor_details(key).values()
-        for buffer, detail in zip(self._inputs, details, strict=True):
-            dtype, shape = np.dtype(detail["dtype"]), detail["shape"]
-            if dtype.kind == "f":
-                value = rng.uniform(-1, 1, shape).astype(dtype)
-            else:
-                value = rng.integers(0, 2, shape).astype(dtype)  # bool, or a small integer
-            buffer.write(value)
+        self._run = compiled_as_tool(model, threads)
 
     def __call__(self, feeds: Any) -> dict[str, Any]:
-        self._model.run_by_index(self._signature, self._inputs, self._outputs)
+        self._run()
         return {}
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,36 @@ def run_in_process(model: Path, threads: int) -> dict[str, Any]:
         "reported_median_ms": reported["latency"]["median_ms"],
         "fully_accelerated": reported.get("fully_accelerated"),
     }
+
+
+def compiled_as_tool(model: Path, threads: int) -> Callable[[], None]:
+    """One run of the tool's own work, for tfopt's harness to time: `model` compiled by the
+    tool's own helpers (environment, CPU options, thread count), its input buffers filled once
+    by the tool's `fill_random_input`; each call runs the model as the tool's loop does."""
+    from ai_edge_litert.tools import benchmark_litert_model as tool
+
+    with _argv(["litert-benchmark", f"--model={model}", f"--num_threads={threads}"]):
+        args = tool.parse_args()
+    compiled_model, accelerator, environment, environment_options, options, cpu_options = (
+        tool._import_litert()
+    )
+    compiled = compiled_model.from_file(
+        str(model),
+        environment=tool.create_environment(args, environment, environment_options),
+        options=tool.create_model_options(
+            args, options, cpu_options, tool.build_hardware_accelerators(args, accelerator)
+        ),
+    )
+    key = next(iter(compiled.get_signature_list()))
+    details = compiled.get_input_tensor_details(key)
+    inputs = {name: compiled.create_input_buffer_by_name(key, name) for name in details}
+    outputs = {
+        name: compiled.create_output_buffer_by_name(key, name)
+        for name in compiled.get_output_tensor_details(key)
+    }
+    for name, buffer in inputs.items():
+        tool.fill_random_input(buffer, details[name])
+    return functools.partial(compiled.run_by_name, key, inputs, outputs)
 
 
 @contextlib.contextmanager
