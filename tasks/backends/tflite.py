@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.tflite"
 IO_DTYPE = "float32"
 _MAX_CACHED_SHAPES = 8
+_ONE_BY_ONE = object()
+"""Marks an input shape the model cannot be resized to: its samples run one call each."""
+_STATIC_TENSOR_LISTS = "element_shape to be static"
+"""The converter's words for a tensor list (a Keras RNN's loop) over a free batch dimension."""
+_BATCH_1_PRECISIONS = ("fp32", "fp16", "dynamic")
+"""Where such a model is rebuilt for batch 1. Not INT8: the converter's full-integer pass on a
+batch 1 GRU crashed the process (TF 2.21), where the first attempt fails cleanly."""
 CONVERTIBLE_OPS = frozenset({"NonMaxSuppressionV4", "NonMaxSuppressionV5"})
 """Ops graph_split denies in general that LiteRT has builtins for."""
 
@@ -150,12 +157,19 @@ def _convert_bytes(
     precision: str,
     calibration_data: CalibrationData,
     counter: Counter,
+    batch_1_tensor_lists: bool = False,
 ) -> bytes:
-    """Runs TFLiteConverter on the SavedModel's signature, traced at its concrete input shapes."""
+    """Runs TFLiteConverter on the SavedModel's signature, traced at its concrete input shapes.
+
+    `batch_1_tensor_lists` builds the tensor lists of recurrent loops for batch 1: the saved
+    graph fixes their element shape with the free batch of the export, whatever the trace.
+    """
     import tensorflow as tf
 
     function, loaded = _concrete_function(saved_model_dir, signature)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
+    if batch_1_tensor_lists:
+        converter._experimental_default_to_single_batch_in_tensor_list_ops = True
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -277,7 +291,11 @@ def _io_details(interpreter: Any, signature: Signature) -> tuple[dict, dict]:
 
 
 class TfliteRunner:
-    """Runs a .tflite model at any batch size: one allocated interpreter per input shape."""
+    """Runs a .tflite model at any batch size: one allocated interpreter per input shape.
+
+    A model built for a static batch of 1 (see `_convert`) that cannot be resized runs a larger
+    batch one sample per call, as a server would, and returns the outputs stacked.
+    """
 
     def __init__(self, model_path: Path, signature: Signature, num_threads: int) -> None:
         self.input_names = signature.input_names
@@ -296,6 +314,10 @@ class TfliteRunner:
             for name, detail in ((n, self._outputs[n]) for n in self.output_names)
         )
         shapes = tuple(tuple(self._inputs[name]["shape"]) for name in self.input_names)
+        self._static_batch_1 = all(
+            int(self._inputs[name].get("shape_signature", self._inputs[name]["shape"])[0]) == 1
+            for name in self.input_names
+        )
         interpreter.allocate_tensors()
         self._by_shape: dict[tuple, Any] = {shapes: interpreter}
 
@@ -310,11 +332,25 @@ class TfliteRunner:
             if len(self._by_shape) >= _MAX_CACHED_SHAPES:
                 self._by_shape.pop(next(iter(self._by_shape)))
             interpreter = self._new_interpreter()
-            for name, shape in zip(self.input_names, shapes, strict=True):
-                interpreter.resize_tensor_input(self._inputs[name]["index"], list(shape))
-            interpreter.allocate_tensors()
+            try:
+                for name, shape in zip(self.input_names, shapes, strict=True):
+                    interpreter.resize_tensor_input(self._inputs[name]["index"], list(shape))
+                interpreter.allocate_tensors()
+            except (RuntimeError, ValueError):
+                if not (self._static_batch_1 and shapes[0][0] > 1):
+                    raise
+                log.info(
+                    "the model takes batch 1 only; a batch of %d runs one call each", shapes[0][0]
+                )
+                interpreter = _ONE_BY_ONE
             self._by_shape[shapes] = interpreter
         return interpreter
+
+    def _one_by_one(self, feeds: Feeds, batch: int) -> Feeds:
+        calls = [
+            self({name: feeds[name][i : i + 1] for name in self.input_names}) for i in range(batch)
+        ]
+        return {name: np.concatenate([out[name] for out in calls]) for name in self.output_names}
 
     def _shapes(self, feeds: Feeds) -> tuple[tuple[int, ...], ...]:
         """The inputs' shapes in signature order; malformed feeds get `check_feeds`' error."""
@@ -330,6 +366,8 @@ class TfliteRunner:
         interpreter = self._by_shape.get(shapes)
         if interpreter is None:
             interpreter = self._interpreter_for(shapes)
+        if interpreter is _ONE_BY_ONE:
+            return self._one_by_one(feeds, shapes[0][0])
         for name, index, cast in self._feed_plan:
             interpreter.set_tensor(index, cast(feeds[name]))
         interpreter.invoke()
@@ -348,6 +386,7 @@ class _Target:
     signature: Signature
     calibration_data: CalibrationData
     split: GraphSplit | None
+    batch_1_tensor_lists: bool = False
 
 
 def _target(request: ConversionRequest, split: GraphSplit | None, sample: Feeds | None) -> _Target:
@@ -358,10 +397,25 @@ def _target(request: ConversionRequest, split: GraphSplit | None, sample: Feeds 
     return _Target(split.core_dir, split.core_signature, calibration, split)
 
 
+def _has_free_batch(signature: Signature) -> bool:
+    return any(t.shape and t.shape[0] in (None, -1) for t in signature.inputs)
+
+
+def _with_batch(signature: Signature, batch: int) -> Signature:
+    """`signature` with every input's batch dimension fixed to `batch`."""
+    inputs = tuple(replace(t, shape=(batch, *t.shape[1:])) for t in signature.inputs)
+    return replace(signature, inputs=inputs)
+
+
 def _convert_checked(target: _Target, precision: str, counter: Counter) -> bytes:
     counter.clear()
     content = _convert_bytes(
-        target.saved_model_dir, target.signature, precision, target.calibration_data, counter
+        target.saved_model_dir,
+        target.signature,
+        precision,
+        target.calibration_data,
+        counter,
+        target.batch_1_tensor_lists,
     )
     check_runs(content)
     return content
@@ -384,6 +438,25 @@ def _convert(request: ConversionRequest, work_dir: Path, counter: Counter) -> tu
     try:
         return _convert_checked(target, request.precision, counter), target
     except ConverterError as exc:
+        if (
+            _STATIC_TENSOR_LISTS in str(exc)
+            and _has_free_batch(target.signature)
+            and request.precision in _BATCH_1_PRECISIONS
+        ):
+            log.info(
+                "LiteRT needs a static batch for the model's tensor lists (recurrent layers): "
+                "converting it for batch 1; larger batches run one sample per call"
+            )
+            target = replace(
+                target, signature=_with_batch(target.signature, 1), batch_1_tensor_lists=True
+            )
+            return _convert_checked(target, request.precision, counter), target
+        if _STATIC_TENSOR_LISTS in str(exc):
+            raise ConverterError(
+                f"{exc}. The model loops over a tensor list (a recurrent layer): tflite:fp32, "
+                "fp16 and dynamic build it for batch 1; full-integer INT8 of it is not built "
+                "(LiteRT's converter crashes on it), try tflite:dynamic or openvino:int8"
+            ) from exc
         if not exc.ops:
             raise
         try:
@@ -438,8 +511,16 @@ class TfliteBackend:
         seconds = time.perf_counter() - started
         (output_dir / MODEL_FILE).write_bytes(content)
         request.signature.write(output_dir)
-        write_reproduce_script(output_dir / REPRODUCE_FILE, request, target.signature, target.split)
+        write_reproduce_script(
+            output_dir / REPRODUCE_FILE,
+            request,
+            target.signature,
+            target.split,
+            target.batch_1_tensor_lists,
+        )
         summary = _summary(content, seconds, request.precision, counter, target.split)
+        if target.batch_1_tensor_lists:
+            summary["static_batch"] = 1
         log.info(
             "tflite:%s converted in %.1f s: %s bytes, %s ops%s",
             request.precision,

@@ -32,6 +32,7 @@ SIGNATURE_KEY = {key!r}
 INPUTS = {inputs!r}  # name -> (dtype, shape)
 BOUNDARY = {boundary!r}  # graph tensors where the converted core starts (empty: no split)
 CORE_INPUTS = {core_inputs!r}  # core input name -> (dtype, shape)
+BATCH_1_TENSOR_LISTS = {batch_1!r}  # recurrent loops built for batch 1 (no free batch in LiteRT)
 
 
 def traced(function, inputs):
@@ -58,6 +59,8 @@ def main():
         names = list(INPUTS)
         function = traced(lambda *args: signature(**dict(zip(names, args))), INPUTS)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
+    if BATCH_1_TENSOR_LISTS:
+        converter._experimental_default_to_single_batch_in_tensor_list_ops = True
     if PRECISION == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -81,12 +84,17 @@ if __name__ == "__main__":
 
 
 def write_reproduce_script(
-    path: Path, request: ConversionRequest, signature: Signature, split: GraphSplit | None
+    path: Path,
+    request: ConversionRequest,
+    signature: Signature,
+    split: GraphSplit | None,
+    batch_1_tensor_lists: bool = False,
 ) -> Path:
     """A standalone script with this conversion's exact settings (kept next to the artifact).
 
     `signature` is the one converted (concrete input shapes); `split`, if any, the graph's cut
-    (then the script takes the model's own inputs, and converts the core from the boundary on).
+    (then the script takes the model's own inputs, and converts the core from the boundary on);
+    `batch_1_tensor_lists`, whether recurrent loops were built for batch 1.
     """
 
     path.write_text(
@@ -97,6 +105,7 @@ def write_reproduce_script(
             boundary=list(split.boundary) if split else [],
             core_inputs=tensor_table(split.core_signature.inputs) if split else {},
             cut_and_samples=CUT_AND_SAMPLES,
+            batch_1=batch_1_tensor_lists,
         )
     )
     return path

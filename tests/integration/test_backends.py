@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tasks.backends import BackendUnavailableError, ConversionRequest, get_backend, tflite
+from tasks.backends.base import ConverterError
 from tasks.backends.tflite import MODEL_FILE
 from tasks.signature import Signature, TensorInfo
 
@@ -135,6 +136,73 @@ def test_tflite_matches_the_baseline(tiny, tmp_path, precision, atol, min_agreem
             np.testing.assert_allclose(got, expected, atol=atol)
         agreement = np.mean(got.argmax(axis=1) == expected.argmax(axis=1))
         assert agreement >= min_agreement, f"top-1 agreement {agreement:.2f}"
+
+
+@pytest.fixture(scope="module")
+def recurrent(tmp_path_factory):
+    """Token ids of any length through an Embedding and a GRU: a Keras RNN, whose loop LiteRT's
+    converter cannot lower over a free batch dimension."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    tokens = np.random.default_rng(0).integers(1, 30, size=(40, 10)).astype(np.int32)
+    inputs = keras.Input((None,), dtype="int32", name="tokens")
+    hidden = keras.layers.GRU(8)(keras.layers.Embedding(30, 8)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    saved_model_dir = tmp_path_factory.mktemp("export-rnn") / "saved_model"
+    model.export(str(saved_model_dir), verbose=False)
+    return {
+        "dir": saved_model_dir,
+        "signature": _signature_of(saved_model_dir),
+        "tokens": tokens,
+        "expected": model.predict(tokens, verbose=0),
+        "calibration": lambda: ({"tokens": tokens[i : i + 1]} for i in range(16)),
+    }
+
+
+def test_tflite_int8_of_a_recurrent_model_fails_cleanly(recurrent, tmp_path):
+    """Full-integer INT8 is not rebuilt for batch 1 (the converter crashed on it): a clear
+    ConverterError fails the variant, and the run goes on with the others."""
+    request = ConversionRequest(
+        saved_model_dir=recurrent["dir"],
+        signature=recurrent["signature"],
+        precision="int8",
+        output_dir=tmp_path / "int8",
+        calibration_data=recurrent["calibration"],
+        batch_sizes=(1, 4),
+    )
+    with pytest.raises(ConverterError, match="element_shape to be static"):
+        get_backend("tflite").convert(request)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "dynamic"])
+def test_tflite_converts_a_recurrent_model_for_batch_1_and_runs_larger_batches_per_sample(
+    recurrent, tmp_path, precision
+):
+    request = ConversionRequest(
+        saved_model_dir=recurrent["dir"],
+        signature=recurrent["signature"],
+        precision=precision,
+        output_dir=tmp_path / precision,
+        calibration_data=recurrent["calibration"],
+        batch_sizes=(1, 4),
+    )
+    backend = get_backend("tflite")
+    conversion = backend.convert(request)
+    assert recurrent["signature"].inputs[0].shape == (None, None)
+    assert conversion.summary["static_batch"] == 1
+    runner = backend.load(conversion.artifact_dir, recurrent["signature"], num_threads=2)
+    (output,) = runner.output_names
+    for batch in (1, 4, 3):
+        got = np.concatenate(
+            [
+                runner({"tokens": recurrent["tokens"][i : i + batch]})[output]
+                for i in range(0, 12, batch)
+            ]
+        )
+        assert got.shape == (12, 3)
+        tolerance = 1e-5 if precision == "fp32" else 0.02
+        np.testing.assert_allclose(got, recurrent["expected"][:12], atol=tolerance)
 
 
 def test_tflite_int8_is_full_integer_with_float_io(tiny, tmp_path):
