@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.backends import AccuracyValidation, BackendUnavailableError, ConversionRequest, openvino
+from tasks.backends import (
+    AccuracyValidation,
+    BackendUnavailableError,
+    ConversionRequest,
+    openvino,
+    openvino_runner,
+)
 from tasks.backends import get_backend as _get_backend
 from tasks.signature import Signature, TensorInfo
 
@@ -97,7 +103,7 @@ def test_fp32_matches_tensorflow_with_f32_pinned(tiny, tmp_path):
         # the first shapes met were compiled static, with the same settings; the rest ran on
         # the dynamic model instead of evicting one
         static = runner.static_models
-        assert len(static) == openvino._MAX_STATIC_SHAPES
+        assert len(static) == openvino_runner.MAX_STATIC_SHAPES
         assert [shapes[0][0] for shapes in static][:2] == [1, 4]
         for shapes, model in static.items():
             assert [list(p.get_partial_shape().to_shape()) for p in model.inputs] == [
