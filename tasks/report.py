@@ -18,6 +18,7 @@ from tasks.report_table import (
     MISSING,
     STAR,
     MetricInfo,
+    batch_1_variants,
     columns,
     header_items,
     is_chosen,
@@ -84,7 +85,8 @@ def render_markdown(
     lines += ["", f"**Why:** {markdown_escape(why_line(selection))}", ""]
     lines += _markdown_table(metric, summaries)
     splits = split_lines(summaries)
-    lines += ["", markdown_escape(table_note(metric, split=bool(splits)))]
+    note = table_note(metric, split=bool(splits), batch_1=batch_1_variants(summaries))
+    lines += ["", markdown_escape(note)]
     if splits:
         lines += ["", "## Ops kept in TensorFlow", ""]
         lines += [f"- {markdown_escape(name)}: {markdown_escape(text)}" for name, text in splits]
@@ -118,7 +120,8 @@ def render_table_text(summaries: Sequence[VariantSummary], run: Mapping[str, Any
         cells[0] = f"{STAR} {cells[0]}" if is_chosen(summary) else f"  {cells[0]}"
         rows.append(cells)
     lines += _aligned(rows, [c.numeric for c in cols])
-    lines += ["", table_note(metric, split=any(s.split for s in summaries)), ""]
+    split = any(s.split for s in summaries)
+    lines += ["", table_note(metric, split=split, batch_1=batch_1_variants(summaries)), ""]
     lines += [
         f"{summary.variant} ({verdict_text(summary)}): {' '.join(reason_text(summary).split())}"
         for summary in summaries
@@ -195,7 +198,7 @@ def render_html(
             why=why_line(selection),
             columns=columns(metric, summaries),
             rows=_html_rows(metric, summaries),
-            note=table_note(metric, split=bool(splits)),
+            note=table_note(metric, split=bool(splits), batch_1=batch_1_variants(summaries)),
             splits=splits,
             figures=figures,
         )

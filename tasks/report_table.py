@@ -204,7 +204,12 @@ def columns(metric: MetricInfo, summaries: Sequence[VariantSummary]) -> list[Col
     return cols
 
 
-def table_note(metric: MetricInfo, *, split: bool) -> str:
+def batch_1_variants(summaries: Sequence[VariantSummary]) -> list[str]:
+    """Variants built for batch 1 only (LiteRT on recurrent loops), in table order."""
+    return [s.variant for s in summaries if s.conversion_summary.get("static_batch") == 1]
+
+
+def table_note(metric: MetricInfo, *, split: bool, batch_1: Sequence[str] = ()) -> str:
     """The legend under the table."""
     if metric.higher_is_better:
         delta = f"Δ is {metric.title} minus the baseline's, in percentage points"
@@ -216,6 +221,12 @@ def table_note(metric: MetricInfo, *, split: bool) -> str:
     )
     if split:
         note += ' "in TF" is the share of the batch-1 latency spent in ops kept in TensorFlow.'
+    if batch_1:
+        note += (
+            f" {', '.join(batch_1)} {'is' if len(batch_1) == 1 else 'are'} built for batch 1 "
+            "(LiteRT cannot build the model's recurrent loops for a free batch): a larger batch "
+            "runs one sample per call."
+        )
     return note
 
 

@@ -7,6 +7,7 @@ import pytest
 from tasks.report_table import (
     MISSING,
     MetricInfo,
+    batch_1_variants,
     calibration_text,
     columns,
     header_items,
@@ -150,6 +151,20 @@ def test_split_variants_list_their_tf_ops_and_latency_share() -> None:
     assert [share.cell(r) for r in rows] == ["31 %", MISSING, "50 %", MISSING]
     assert '"in TF"' in table_note(TOP1, split=True)
     assert "in TF" not in table_note(TOP1, split=False)
+
+
+def test_the_note_names_the_variants_built_for_batch_1() -> None:
+    rows = [
+        _summary(variant="tf:fp32"),
+        _summary(variant="tflite:fp32", conversion_summary={"static_batch": 1}),
+        _summary(variant="tflite:dynamic", conversion_summary={"static_batch": 1}),
+        _summary(variant="openvino:fp32", conversion_summary={"size_bytes": 10}),
+    ]
+    assert batch_1_variants(rows) == ["tflite:fp32", "tflite:dynamic"]
+    note = table_note(TOP1, split=False, batch_1=batch_1_variants(rows))
+    assert "tflite:fp32, tflite:dynamic are built for batch 1" in note
+    assert "one sample per call" in note
+    assert "batch 1 (" not in table_note(TOP1, split=False, batch_1=batch_1_variants(rows[:1]))
 
 
 @pytest.mark.parametrize(
