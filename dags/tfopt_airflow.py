@@ -106,8 +106,9 @@ def _pipeline_params() -> dict[str, Param]:
             minLength=1,
             title="Model URI",
             description=(
-                "S3 (s3://bucket/key) or local URI of a .keras file or SavedModel folder "
-                "(required; an asset event's extra supplies it on scheduled runs)."
+                "S3 (s3://bucket/key) or local URI of a Keras file (.keras, or .h5 from "
+                "Keras 2) or a SavedModel folder (required; an asset event's extra supplies it "
+                "on scheduled runs)."
             ),
         ),
         "eval_data_uri": Param(

@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 SAVED_MODEL_DIR = "saved_model"
 SERVING_KEY = "serving_default"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+"""Keras model files: the Keras 3 archive, and the HDF5 file Keras 2 wrote (`model.save("m.h5")`),
+which Keras 3 still loads."""
 
 
 def locate_model(local: Path) -> tuple[str, Path]:
@@ -23,23 +26,23 @@ def locate_model(local: Path) -> tuple[str, Path]:
         UserInputError: when it is neither a `.keras` file nor a SavedModel directory.
     """
     if local.is_file():
-        if local.suffix == ".keras":
+        if local.suffix.lower() in KERAS_SUFFIXES:
             return "keras", local
         raise UserInputError(
-            f"model file {local.name!r} is not a .keras file; give a .keras file or a "
-            "SavedModel directory"
+            f"model file {local.name!r} is not a Keras file (.keras, or .h5 from Keras 2); give "
+            "a Keras file or a SavedModel directory"
         )
     if (local / "saved_model.pb").is_file():
         return "saved_model", local
-    keras_files = sorted(local.glob("*.keras"))
+    keras_files = sorted(p for p in local.iterdir() if p.suffix.lower() in KERAS_SUFFIXES)
     if len(keras_files) == 1:
         return "keras", keras_files[0]
     nested = [p.parent for p in local.glob("*/saved_model.pb")]
     if len(nested) == 1:
         return "saved_model", nested[0]
     raise UserInputError(
-        f"no model found in {local}: expected a .keras file or a SavedModel directory "
-        "(with saved_model.pb)"
+        f"no model found in {local}: expected one Keras file (.keras or .h5) or a SavedModel "
+        "directory (with saved_model.pb)"
     )
 
 
@@ -51,7 +54,9 @@ def _export_keras(path: Path, out_dir: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - any load failure means a corrupt/unsupported file
         raise UserInputError(
             f"cannot load the Keras model {path.name}: {exc.__class__.__name__}: {exc}. "
-            "Check that the file is a complete .keras archive saved by Keras 3"
+            "Check that the file is complete (a .keras archive, or an HDF5 file Keras 2 saved); "
+            "custom layers must be importable and registered with "
+            "keras.saving.register_keras_serializable"
         ) from exc
     model.export(str(out_dir), format="tf_saved_model", verbose=False)
 

@@ -1,0 +1,45 @@
+"""Export of the model files users bring: the Keras 3 archive and Keras 2's HDF5 file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.errors import UserInputError
+from tasks.export import export_model, locate_model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_keras_file_exports_to_a_serving_saved_model_that_predicts_like_it(tmp_path, suffix):
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    path = tmp_path / "models" / f"model{suffix}"
+    path.parent.mkdir()
+    model.save(path)
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+
+    for uri in (path, path.parent):  # the file, or the folder holding it
+        export_dir, signature, _ = export_model(str(uri), tmp_path / f"work-{uri.name}")
+        assert signature.input_names == ("features",)
+        (output,) = signature.output_names
+        served = tf.saved_model.load(str(export_dir / "saved_model")).signatures[signature.key]
+        np.testing.assert_allclose(
+            served(features=tf.constant(x))[output].numpy(), model.predict(x, verbose=0), atol=1e-6
+        )
+
+
+def test_a_file_that_is_no_model_is_refused_with_what_to_give(tmp_path):
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"not a keras model")
+    with pytest.raises(UserInputError, match=r"not a Keras file \(.keras, or .h5"):
+        locate_model(weights)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"truncated")
+    with pytest.raises(UserInputError, match="cannot load the Keras model broken.h5"):
+        export_model(str(broken), tmp_path / "work")
