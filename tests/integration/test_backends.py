@@ -163,35 +163,17 @@ def recurrent(tmp_path_factory):
 def test_tflite_int8_of_a_recurrent_model_fails_cleanly(recurrent, tmp_path):
     """Full-integer INT8 is not rebuilt for batch 1 (the converter crashed on it): a clear
     ConverterError fails the variant, and the run goes on with the others."""
-    request = ConversionRequest(
-        saved_model_dir=recurrent["dir"],
-        signature=recurrent["signature"],
-        precision="int8",
-        output_dir=tmp_path / "int8",
-        calibration_data=recurrent["calibration"],
-        batch_sizes=(1, 4),
-    )
     with pytest.raises(ConverterError, match="element_shape to be static"):
-        get_backend("tflite").convert(request)
+        _convert_and_load(recurrent, tmp_path, "tflite:int8")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "dynamic"])
 def test_tflite_converts_a_recurrent_model_for_batch_1_and_runs_larger_batches_per_sample(
     recurrent, tmp_path, precision
 ):
-    request = ConversionRequest(
-        saved_model_dir=recurrent["dir"],
-        signature=recurrent["signature"],
-        precision=precision,
-        output_dir=tmp_path / precision,
-        calibration_data=recurrent["calibration"],
-        batch_sizes=(1, 4),
-    )
-    backend = get_backend("tflite")
-    conversion = backend.convert(request)
+    conversion, runner = _convert_and_load(recurrent, tmp_path, f"tflite:{precision}")
     assert recurrent["signature"].inputs[0].shape == (None, None)
     assert conversion.summary["static_batch"] == 1
-    runner = backend.load(conversion.artifact_dir, recurrent["signature"], num_threads=2)
     (output,) = runner.output_names
     for batch in (1, 4, 3):
         got = np.concatenate(
