@@ -421,10 +421,35 @@ def _convert_checked(target: _Target, precision: str, counter: Counter) -> bytes
     return content
 
 
+def _convert_for_batch_1(
+    target: _Target, precision: str, counter: Counter, exc: ConverterError
+) -> tuple[bytes, _Target]:
+    """Converts a model whose tensor lists (recurrent loops) need a static batch, for batch 1.
+
+    Raises:
+        ConverterError: `exc` when the batch is fixed already, or INT8, which is not rebuilt.
+    """
+    if not _has_free_batch(target.signature):
+        raise exc
+    if precision not in _BATCH_1_PRECISIONS:
+        raise ConverterError(
+            f"{exc}. The model loops over a tensor list (a recurrent layer): tflite:fp32, "
+            "fp16 and dynamic build it for batch 1; full-integer INT8 of it is not built "
+            "(LiteRT's converter crashes on it), try tflite:dynamic or openvino:int8"
+        ) from exc
+    log.info(
+        "LiteRT needs a static batch for the model's tensor lists (recurrent layers): "
+        "converting it for batch 1; larger batches run one sample per call"
+    )
+    target = replace(target, signature=_with_batch(target.signature, 1), batch_1_tensor_lists=True)
+    return _convert_checked(target, precision, counter), target
+
+
 def _convert(request: ConversionRequest, work_dir: Path, counter: Counter) -> tuple[bytes, _Target]:
     """Converts the model, or its core when a prefix must stay in TensorFlow.
 
-    When the converter names ops it does not take, they are tried as a TensorFlow prefix once.
+    When the converter names ops it does not take, they are tried as a TensorFlow prefix once;
+    when it needs a static batch for recurrent loops, the model is converted for batch 1.
     """
     sample = _first_calibration_feeds(request)
     split = find_split(
@@ -438,25 +463,8 @@ def _convert(request: ConversionRequest, work_dir: Path, counter: Counter) -> tu
     try:
         return _convert_checked(target, request.precision, counter), target
     except ConverterError as exc:
-        if (
-            _STATIC_TENSOR_LISTS in str(exc)
-            and _has_free_batch(target.signature)
-            and request.precision in _BATCH_1_PRECISIONS
-        ):
-            log.info(
-                "LiteRT needs a static batch for the model's tensor lists (recurrent layers): "
-                "converting it for batch 1; larger batches run one sample per call"
-            )
-            target = replace(
-                target, signature=_with_batch(target.signature, 1), batch_1_tensor_lists=True
-            )
-            return _convert_checked(target, request.precision, counter), target
         if _STATIC_TENSOR_LISTS in str(exc):
-            raise ConverterError(
-                f"{exc}. The model loops over a tensor list (a recurrent layer): tflite:fp32, "
-                "fp16 and dynamic build it for batch 1; full-integer INT8 of it is not built "
-                "(LiteRT's converter crashes on it), try tflite:dynamic or openvino:int8"
-            ) from exc
+            return _convert_for_batch_1(target, request.precision, counter, exc)
         if not exc.ops:
             raise
         try:
