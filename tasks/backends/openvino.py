@@ -62,6 +62,10 @@ SETTINGS_FILE = "openvino.json"
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 """INFERENCE_PRECISION_HINT per precision; INT8 runs its non-quantized parts in FP32."""
 DEFAULT_TOLERANCE = 0.01
+REPAIR_BUDGET_S = 600.0
+"""How long NNCF's accuracy control may score INT8 candidates before the variant gives up."""
+REPAIR_MAX_REVERTED_SHARE = 0.25
+"""At most this share of the weighted layers goes back to FP32: past it INT8 gains too little."""
 _WEIGHTED_OPS = frozenset(
     {
         "Convolution",
@@ -233,6 +237,15 @@ def _calibration_samples(target: _Target) -> list[Feeds]:
     return samples
 
 
+class _RepairOutOfTime(Exception):
+    """Raised from inside NNCF's accuracy control when it has used up its time budget."""
+
+    def __init__(self, elapsed_s: float, calls: int) -> None:
+        super().__init__(f"accuracy control out of time after {elapsed_s:.0f} s")
+        self.elapsed_s = elapsed_s
+        self.calls = calls
+
+
 class _ValidationProbe:
     """NNCF's `validation_fn`: tfopt's metric on the compiled model NNCF hands over.
 
@@ -246,11 +259,14 @@ class _ValidationProbe:
 
     SCORE_OFFSET = 1000.0
 
-    def __init__(self, validation: AccuracyValidation, target: _Target) -> None:
+    def __init__(self, validation: AccuracyValidation, target: _Target, budget_s: float) -> None:
         self._validation = validation
         self._target = target
         self._prefix = PrefixRunner(target.split.prefix_dir) if target.split else None
         self.full_scores: list[float] = []
+        self.calls = 0
+        self.budget_s = budget_s
+        self.started = time.monotonic()
 
     def runner(self, compiled: Any) -> Runner:
         """The model's runner: the compiled core behind the TensorFlow prefix when split."""
@@ -263,6 +279,10 @@ class _ValidationProbe:
         return self._prefix(feeds) if self._prefix else feeds
 
     def __call__(self, compiled: Any, items: Iterable[int]) -> tuple[float, None]:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.budget_s:
+            raise _RepairOutOfTime(elapsed, self.calls)
+        self.calls += 1
         indices = [int(i) for i in items]
         runner = self.runner(compiled)
         value = float(self._validation.metric(runner, indices))
@@ -290,29 +310,67 @@ def _quantize_with_accuracy_control(
     validation: AccuracyValidation,
     request: ConversionRequest,
     target: _Target,
+    budget_s: float,
 ) -> tuple[Any, dict[str, Any]]:
-    """NNCF's accuracy-aware quantization driven by tfopt's metric on the validation slice."""
-    import nncf
+    """NNCF's accuracy-aware quantization driven by tfopt's metric on the validation slice.
 
-    probe = _ValidationProbe(validation, target)
+    Bounded two ways, since NNCF's restorer has no bound of its own and reverts one layer group
+    after another, re-ranking the rest each time: at most `max_reverted_layers` revert steps
+    (it then returns its best model, which the accuracy gate judges), and `budget_s` of scoring
+    (the conversion then fails, saying what the INT8 model scored).
+    """
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    probe = _ValidationProbe(validation, target, budget_s)
     max_drop = _max_drop(model, request, probe)
-    quantized = nncf.quantize_with_accuracy_control(
-        model,
-        calibration,
-        nncf.Dataset(range(len(validation.samples)), probe.core_feeds),
-        probe,
-        max_drop=max_drop,
-        drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=calibration.get_length(),
-    )
+    max_reverts = max_reverted_layers(len(weighted_ops(model)))
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            calibration,
+            nncf.Dataset(range(len(validation.samples)), probe.core_feeds),
+            probe,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=calibration.get_length(),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=max_reverts
+            ),
+        )
+    except _RepairOutOfTime as exc:
+        raise ConverterError(_out_of_time_message(exc, probe.full_scores, max_drop)) from exc
     scores = probe.full_scores
     return quantized, {
         "method": "quantize_with_accuracy_control",
         "validation_samples": len(validation.samples),
         "max_drop": max_drop,
+        "max_reverts": max_reverts,
+        "budget_s": budget_s,
         "metric_fp32": scores[0] if scores else None,
         "metric_int8_plain": scores[1] if len(scores) > 1 else None,
     }
+
+
+def max_reverted_layers(weighted: int) -> int:
+    """NNCF's revert steps allowed for a model with `weighted` conv/matmul layers (at least 1)."""
+    return max(1, int(weighted * REPAIR_MAX_REVERTED_SHARE))
+
+
+def _out_of_time_message(exc: _RepairOutOfTime, scores: list[float], max_drop: float) -> str:
+    """Why openvino:int8 gave up, with the scores seen, and what to do instead."""
+    seen = ""
+    if len(scores) > 1:
+        seen = (
+            f"; on the validation slice FP32 scored {scores[0]:.4g} and plain INT8 "
+            f"{scores[1]:.4g} (allowed drop {max_drop:.4g})"
+        )
+    return (
+        f"openvino:int8: NNCF's accuracy control could not bring INT8 within the accuracy "
+        f"tolerance in {exc.elapsed_s:.0f} s ({exc.calls} scorings of candidate models){seen}. "
+        "INT8 of this model loses too much accuracy; keep openvino:fp32 or tflite:dynamic, "
+        "or raise accuracy_tolerance if that drop is acceptable"
+    )
 
 
 def _nncf_logs_to_logging() -> None:
@@ -344,7 +402,7 @@ def quantize(model: Any, request: ConversionRequest, target: _Target) -> tuple[A
             details["method"] = "quantize"
         else:
             quantized, control = _quantize_with_accuracy_control(
-                model, calibration, request.validation, request, target
+                model, calibration, request.validation, request, target, REPAIR_BUDGET_S
             )
             details.update(control)
     details["seconds"] = round(time.perf_counter() - started, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -18,6 +19,7 @@ from tasks.backends import (
     openvino_runner,
 )
 from tasks.backends import get_backend as _get_backend
+from tasks.backends.base import ConverterError
 from tasks.signature import Signature, TensorInfo
 
 pytestmark = pytest.mark.integration
@@ -149,8 +151,9 @@ def test_int8_is_quantized_close_and_keeps_f32_for_the_rest(tiny, tmp_path):
 
 
 def test_accuracy_control_keeps_layers_in_fp32_to_meet_the_tolerance(tiny, tmp_path):
-    """With tfopt's metric (here: mean absolute error vs the baseline, lower is better) and a
-    tolerance plain INT8 cannot meet, NNCF reverts quantized layers until it does."""
+    """With tfopt's metric (here: mean absolute error vs the baseline, lower is better), NNCF
+    reverts quantized layers to FP32 until INT8 meets the tolerance, at most a quarter of them:
+    one of the tiny model's two."""
     samples = [{INPUT: tiny["images"][i : i + 1]} for i in range(40)]
     calls = []
 
@@ -160,21 +163,69 @@ def test_accuracy_control_keeps_layers_in_fp32_to_meet_the_tolerance(tiny, tmp_p
         got = np.concatenate([runner(samples[i])[tiny["output"]] for i in indices])
         return float(np.mean(np.abs(got - tiny["expected"][list(indices)])))
 
-    validation = AccuracyValidation(samples, mean_abs_error, higher_is_better=False)
-    backend = _get_backend("openvino")
-    request = _request(
-        tiny, tmp_path / "int8-ac", "int8", validation=validation, accuracy_tolerance=1e-5
-    )
-    conversion = backend.convert(request)
-    nncf = conversion.summary["nncf"]
+    def convert(name, tolerance):
+        request = _request(
+            tiny,
+            tmp_path / name,
+            "int8",
+            validation=AccuracyValidation(samples, mean_abs_error, higher_is_better=False),
+            accuracy_tolerance=tolerance,
+        )
+        conversion = _get_backend("openvino").convert(request)
+        with _get_backend("openvino").load(
+            conversion.artifact_dir, tiny["signature"], THREADS
+        ) as runner:
+            return conversion.summary["nncf"], mean_abs_error(runner, None)
+
+    # Out of reach: the one revert allowed is spent, and the best model so far comes back.
+    nncf, capped = convert("int8-capped", 1e-5)
     assert nncf["method"] == "quantize_with_accuracy_control"
     assert nncf["validation_samples"] == 40 and nncf["max_drop"] == 1e-5
-    assert nncf["metric_fp32"] < 1e-5 < nncf["metric_int8_plain"]
-    assert nncf["kept_fp32"], "accuracy control should have kept a layer in FP32"
+    assert nncf["max_reverts"] == 1 and nncf["budget_s"] == openvino.REPAIR_BUDGET_S
+    plain = nncf["metric_int8_plain"]
+    assert nncf["metric_fp32"] < 1e-5 < plain
+    assert len(nncf["kept_fp32"]) == 1
     assert max(calls) == 40 and 1 in calls  # full-slice scores and per-sample ranking
-    with backend.load(conversion.artifact_dir, tiny["signature"], THREADS) as runner:
-        repaired = mean_abs_error(runner, None)
-    assert repaired <= nncf["metric_fp32"] + 1e-5 < nncf["metric_int8_plain"]
+    assert nncf["metric_fp32"] + 1e-5 < capped < plain
+
+    # Within reach of one revert: repaired to the tolerance.
+    tolerance = (capped + plain) / 2
+    nncf, repaired = convert("int8-repaired", tolerance)
+    assert nncf["kept_fp32"], "accuracy control should have kept a layer in FP32"
+    assert repaired <= nncf["metric_fp32"] + tolerance < plain
+
+
+def test_accuracy_control_out_of_time_fails_the_variant_with_what_to_do(
+    tiny, tmp_path, monkeypatch
+):
+    """NNCF's restorer has no time bound of its own; tfopt's budget stops it with a reason."""
+    samples = [{INPUT: tiny["images"][i : i + 1]} for i in range(8)]
+
+    def agreement(runner, indices):
+        indices = range(len(samples)) if indices is None else list(indices)
+        got = np.concatenate([runner(samples[i])[tiny["output"]] for i in indices])
+        return _agreement(got, tiny["expected"][list(indices)])
+
+    monkeypatch.setattr(openvino, "REPAIR_BUDGET_S", 0.0)
+    request = _request(
+        tiny,
+        tmp_path / "int8-late",
+        "int8",
+        validation=AccuracyValidation(samples, agreement),
+        accuracy_tolerance=0.0,
+    )
+    with pytest.raises(ConverterError) as raised:
+        _get_backend("openvino").convert(request)
+    message = str(raised.value)
+    assert message.startswith("openvino:int8: NNCF's accuracy control could not bring INT8")
+    assert re.search(r"tolerance in \d+ s \(0 scorings of candidate models\)\.", message)
+    assert "openvino:fp32 or tflite:dynamic" in message and "accuracy_tolerance" in message
+
+
+def test_accuracy_control_reverts_at_most_a_quarter_of_the_weighted_layers():
+    assert openvino.max_reverted_layers(0) == 1
+    assert openvino.max_reverted_layers(2) == 1
+    assert openvino.max_reverted_layers(53) == 13
 
 
 def test_a_relative_tolerance_scales_with_the_fp32_error(tiny, tmp_path):
