@@ -52,6 +52,15 @@ def _export_keras(path: Path, out_dir: Path) -> None:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - any load failure means a corrupt/unsupported file
+        if "safe_mode" in str(exc):
+            raise UserInputError(
+                f"cannot load the Keras model {path.name}: it holds Python code (a Lambda layer "
+                "with a Python function), which Keras loads only with safe_mode=False, and tfopt "
+                "does not run code from a model file. Where you trust the model, export it as a "
+                "SavedModel (model.export('folder')) and give that folder as model_uri; or "
+                "replace the Lambda layers with custom layers registered with "
+                "keras.saving.register_keras_serializable"
+            ) from exc
         raise UserInputError(
             f"cannot load the Keras model {path.name}: {exc.__class__.__name__}: {exc}. "
             "Check that the file is complete (a .keras archive, or an HDF5 file Keras 2 saved); "

@@ -43,3 +43,22 @@ def test_a_file_that_is_no_model_is_refused_with_what_to_give(tmp_path):
     broken.write_bytes(b"truncated")
     with pytest.raises(UserInputError, match="cannot load the Keras model broken.h5"):
         export_model(str(broken), tmp_path / "work")
+
+
+def test_a_lambda_layer_with_python_code_is_refused_with_the_saved_model_route(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,), name="features")
+    doubled = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(doubled))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(UserInputError) as raised:
+        export_model(str(path), tmp_path / "work")
+    message = str(raised.value)
+    assert "holds Python code (a Lambda layer" in message
+    assert "model.export('folder')" in message and "model_uri" in message
+
+    model.export(str(tmp_path / "exported"), format="tf_saved_model", verbose=False)
+    _, signature, _ = export_model(str(tmp_path / "exported"), tmp_path / "work-saved")
+    assert signature.input_names == ("features",)
