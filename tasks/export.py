@@ -81,13 +81,18 @@ def _copy_saved_model(path: Path, out_dir: Path) -> None:
             f"{str(exc).splitlines()[0] if str(exc) else ''}. Re-export it with "
             "tf.saved_model.save or Keras model.export"
         ) from exc
-    if SERVING_KEY not in loaded.signatures:
+    if SERVING_KEY in loaded.signatures:
+        shutil.copytree(path, out_dir)
+        return
+    if len(loaded.signatures) != 1:
         raise UserInputError(
             f"the SavedModel at {path} has no {SERVING_KEY!r} signature "
-            f"(it has: {', '.join(loaded.signatures) or 'none'}); export it with a serving "
-            "signature (Keras: model.export(dir))"
+            f"(it has: {', '.join(loaded.signatures) or 'none'}); export it with the signature "
+            f"to optimise as {SERVING_KEY!r} (Keras: model.export(dir))"
         )
-    shutil.copytree(path, out_dir)
+    (key,) = loaded.signatures
+    logger.info("the SavedModel's only signature %r is saved as %r", key, SERVING_KEY)
+    tf.saved_model.save(loaded, str(out_dir), signatures={SERVING_KEY: loaded.signatures[key]})
 
 
 def read_signature(saved_model_dir: Path) -> Signature:

@@ -62,3 +62,34 @@ def test_a_lambda_layer_with_python_code_is_refused_with_the_saved_model_route(t
     model.export(str(tmp_path / "exported"), format="tf_saved_model", verbose=False)
     _, signature, _ = export_model(str(tmp_path / "exported"), tmp_path / "work-saved")
     assert signature.input_names == ("features",)
+
+
+def _module_with_signatures(path, *keys):
+    import tensorflow as tf
+
+    class Scorer(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable([[1.0, -1.0], [0.5, 2.0]])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def predict(self, x):
+            return {"scores": tf.matmul(x, self.w)}
+
+    scorer = Scorer()
+    tf.saved_model.save(scorer, str(path), signatures={key: scorer.predict for key in keys})
+
+
+def test_a_saved_model_whose_one_signature_has_another_name_serves_it(tmp_path):
+    import tensorflow as tf
+
+    _module_with_signatures(tmp_path / "predict-only", "predict")
+    export_dir, signature, _ = export_model(str(tmp_path / "predict-only"), tmp_path / "work")
+    assert signature.input_names == ("x",) and signature.output_names == ("scores",)
+    served = tf.saved_model.load(str(export_dir / "saved_model")).signatures["serving_default"]
+    got = served(x=tf.constant([[1.0, 2.0]]))["scores"].numpy()
+    np.testing.assert_allclose(got, [[2.0, 3.0]])
+
+    _module_with_signatures(tmp_path / "two", "predict", "classify")
+    with pytest.raises(UserInputError, match=r"has no 'serving_default' signature \(it has: "):
+        export_model(str(tmp_path / "two"), tmp_path / "work-two")
