@@ -143,9 +143,11 @@ def _pipeline_params() -> dict[str, Param]:
             enum=list(METRIC_NAMES),
             title="Metric",
             description=(
-                "Task metric the accuracy gate judges: top1/top5 (integer labels), mae/rmse "
-                "(float labels), map50/map (gt_boxes + gt_classes), fidelity (no labels: "
-                "agreement with the baseline); auto picks by the eval data's ground truth."
+                "Task metric the accuracy gate judges: top1/top5 (integer labels), "
+                "multilabel_map (multi-hot label rows), miou (a class per pixel or token), "
+                "mae/rmse (float labels), map50/map (gt_boxes + gt_classes), fidelity (no "
+                "labels: agreement with the baseline); auto picks by the eval data's ground "
+                "truth."
             ),
         ),
         "metric_output": Param(

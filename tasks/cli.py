@@ -47,15 +47,17 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.01,
         help="how far the metric may move vs the baseline: an absolute drop for top1/top5/"
-        "map50/map/fidelity (0.01 = 1 point), a relative rise of the error for mae/rmse "
+        "multilabel_map/miou/map50/map/fidelity (0.01 = 1 point), a relative rise of the error "
+        "for mae/rmse "
         "(0.05 = 5%%); default 0.01",
     )
     p.add_argument(
         "--metric",
         choices=METRIC_NAMES,
         default=AUTO_METRIC,
-        help="task metric (default auto: top1 for integer labels, mae for float labels, map50 "
-        "for gt_boxes, fidelity without ground truth)",
+        help="task metric (default auto: top1 for integer class ids, multilabel_map for "
+        "multi-hot rows, miou for a class per pixel/token, mae for float labels, map50 for "
+        "gt_boxes, fidelity without ground truth)",
     )
     p.add_argument(
         "--metric-output",

@@ -18,9 +18,21 @@ BASELINE = "tf:fp32"
 DEFAULT_VARIANTS = KNOWN_VARIANTS
 OBJECTIVES = ("latency", "throughput")
 AUTO_METRIC = "auto"
-METRIC_NAMES = (AUTO_METRIC, "top1", "top5", "mae", "rmse", "map50", "map", "fidelity")
+METRIC_NAMES = (
+    AUTO_METRIC,
+    "top1",
+    "top5",
+    "multilabel_map",
+    "miou",
+    "mae",
+    "rmse",
+    "map50",
+    "map",
+    "fidelity",
+)
 """`metric` choices: the names of tasks.metrics.METRICS (a unit test keeps them equal), plus
-`auto` (top1 for integer labels, mae for float labels, map50 for boxes, fidelity without labels).
+`auto` (top1 for class ids, multilabel_map for multi-hot rows, miou for a class per element,
+mae for float labels, map50 for boxes, fidelity without labels).
 Kept here so that DAG files can offer them without importing numpy."""
 REQUIRED_PARAMS = ("model_uri", "eval_data_uri", "registered_model_name")
 OPTIONAL_PARAMS = (

@@ -18,7 +18,7 @@ import numpy as np
 
 from tasks import storage
 from tasks.errors import UserInputError
-from tasks.metrics import GROUND_TRUTH_ARRAYS
+from tasks.metrics import GROUND_TRUTH_ARRAYS, labels_form, merge_labels_forms
 from tasks.shard_limits import check_shards
 from tasks.signature import Signature, TensorInfo
 
@@ -81,6 +81,7 @@ class ShardSet:
     digest: str
     sample_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     labels_kind: str | None = None
+    labels_form: str | None = None
     total_samples: int = 0
     keep: frozenset[int] | None = None
     drop: frozenset[int] | None = None
@@ -107,6 +108,7 @@ class ShardSet:
             "shards": len(self.shards),
             "sample_shapes": {k: list(v) for k, v in self.sample_shapes.items()},
             "labels_kind": self.labels_kind,
+            "labels_form": self.labels_form,
         }
 
     @classmethod
@@ -120,6 +122,7 @@ class ShardSet:
             digest=data["digest"],
             sample_shapes={k: tuple(v) for k, v in data["sample_shapes"].items()},
             labels_kind=data.get("labels_kind"),
+            labels_form=data.get("labels_form"),
             total_samples=int(data["num_samples"]),
         )
 
@@ -181,6 +184,7 @@ class ShardCheck:
     truth: tuple[str, ...]
     sample_shapes: dict[str, tuple[int, ...]]
     labels_kind: str | None
+    labels_form: str | None = None
 
 
 def check_shard(path: Path, signature: Signature, *, metric=None) -> ShardCheck:  # noqa: ANN001
@@ -210,9 +214,11 @@ def check_shard(path: Path, signature: Signature, *, metric=None) -> ShardCheck:
     if metric is not None:
         metric.check_ground_truth(arrays, samples, path.name)
     truth = tuple(name for name in GROUND_TRUTH_ARRAYS if name in arrays)
-    labels_kind = arrays[LABELS].dtype.kind if LABELS in arrays else None
+    labels = arrays.get(LABELS)
+    labels_kind = labels.dtype.kind if labels is not None else None
+    form = labels_form(labels) if labels is not None and labels_kind in "iubf" else None
     shapes = {t.name: tuple(int(d) for d in arrays[t.name].shape[1:]) for t in signature.inputs}
-    return ShardCheck(samples, truth, shapes, labels_kind)
+    return ShardCheck(samples, truth, shapes, labels_kind, form)
 
 
 def _merge_shapes(
@@ -274,13 +280,14 @@ def open_dataset(
             )
         return replace(checked, shards=shards)
     total, shapes = 0, {}
-    truths, kinds = set(), set()
+    truths, kinds, forms = set(), set(), set()
     for shard in shards:
         result = check_shard(shard, signature, metric=metric)
         _merge_shapes(shapes, result, shard.name, signature)
         total += result.samples
         truths.add(result.truth)
         kinds.add(result.labels_kind)
+        forms.add(result.labels_form)
     if len(truths) != 1:
         raise UserInputError(
             f"the shards at {uri} carry different ground truth arrays {sorted(truths)}; every "
@@ -295,6 +302,7 @@ def open_dataset(
         digest,
         sample_shapes=shapes,
         labels_kind=kinds.pop() if len(kinds) == 1 else None,
+        labels_form=merge_labels_forms(forms),
         total_samples=total,
     )
 

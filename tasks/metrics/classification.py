@@ -36,7 +36,8 @@ def _check_one_hot(labels: np.ndarray, shard: str) -> None:
     if not np.all(labels.sum(axis=1) == 1):
         raise UserInputError(
             f"{shard}: some one-hot 'labels' rows do not hold exactly one 1; store class ids [N] "
-            "or one-hot rows [N, C]"
+            "or one-hot rows [N, C]; for samples with several labels choose metric "
+            "'multilabel_map'"
         )
 
 
@@ -49,7 +50,7 @@ def check_class_labels(labels: np.ndarray, num_samples: int, shard: str) -> None
     if labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
         raise UserInputError(
             f"{shard}: 'labels' has shape {labels.shape}; top-k needs class ids [N] or one-hot "
-            "rows [N, C]"
+            "rows [N, C]; for a class per pixel or token choose metric 'miou'"
         )
     if labels.dtype.kind not in "iub":
         raise UserInputError(

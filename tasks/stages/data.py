@@ -42,7 +42,7 @@ def _resolve_metric(config: PipelineConfig, eval_data: Any) -> Any:
 
     name = config.metric
     if name == AUTO_METRIC:
-        name = auto_metric(set(eval_data.truth), eval_data.labels_kind)
+        name = auto_metric(set(eval_data.truth), eval_data.labels_kind, eval_data.labels_form)
         logger.info("metric: %s (chosen from the eval data's ground truth)", name)
     return get_metric(name)
 

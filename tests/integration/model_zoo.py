@@ -150,3 +150,42 @@ def base64_jpeg_classifier(root: Path) -> dict:
     strings = np.array(encoded, dtype=f"S{max(len(e) for e in encoded)}")
     _save_shards(root / "b64-eval", {"image_b64": strings, "labels": labels[200:]})
     return {"model": path, "eval": root / "b64-eval", "flags": []}
+
+
+def segmentation(root: Path) -> dict:
+    """A per-pixel classifier: [N, H, W] integer labels, judged by mean IoU (chosen by auto)."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    images = rng.random((160, SIZE, SIZE, 3), dtype=np.float32)
+    masks = (images[..., 0] > images[..., 1]).astype(np.uint8)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    outputs = keras.layers.Conv2D(2, 1, activation="softmax", name="mask")(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(images[:100], masks[:100], epochs=6, verbose=0)
+    model.save(root / "segmentation.keras")
+    _save_shards(root / "segmentation-eval", {"image": images[100:], "labels": masks[100:]})
+    return {"model": root / "segmentation.keras", "eval": root / "segmentation-eval", "flags": []}
+
+
+def multilabel(root: Path) -> dict:
+    """Sigmoid scores per label: multi-hot [N, C] labels, judged by multi-label mAP (auto)."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    images, _ = _images(240, seed=5)
+    labels = np.stack([images[..., c].mean(axis=(1, 2)) > 0.5 for c in range(3)], axis=1)
+    labels = labels.astype(np.int64)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    hidden = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    )
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid")(hidden))
+    model.compile("adam", "binary_crossentropy")
+    model.fit(images[:160], labels[:160], epochs=8, verbose=0)
+    model.save(root / "multilabel.keras")
+    _save_shards(root / "multilabel-eval", {"image": images[160:], "labels": labels[160:]})
+    return {"model": root / "multilabel.keras", "eval": root / "multilabel-eval", "flags": []}

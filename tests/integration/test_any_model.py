@@ -1,7 +1,8 @@
 """Models of the kinds users bring, through the whole chain against the real S3 and MLflow.
 
-String (base64 JPEG) inputs decoded in-graph, unknown spatial dims, a regression head, integer
-token ids, unlabelled data judged by fidelity; and variants that throw at every stage.
+String (base64 JPEG) inputs decoded in-graph, unknown spatial dims, a regression head, a
+per-pixel segmenter, multi-label scores, integer token ids, unlabelled data judged by fidelity;
+and variants that throw at every stage.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def zoo(tmp_path_factory, tiny_bundle) -> dict[str, dict]:
         "b64_jpeg": model_zoo.base64_jpeg_classifier(root),
         "dynamic_spatial": model_zoo.dynamic_spatial(root),
         "regression": model_zoo.regression(root),
+        "segmentation": model_zoo.segmentation(root),
+        "multilabel": model_zoo.multilabel(root),
         "text_ids": model_zoo.text_ids(root),
         "unlabelled": model_zoo.unlabelled(root, tiny_bundle["model"], images),
     }
@@ -68,6 +71,8 @@ def _by_variant(results: dict) -> dict[str, dict]:
     [
         ("dynamic_spatial", "top1"),
         ("regression", "rmse"),
+        ("segmentation", "miou"),
+        ("multilabel", "multilabel_map"),
         ("text_ids", "top1"),
         ("unlabelled", "fidelity"),
     ],
@@ -93,6 +98,11 @@ def test_every_kind_of_model_completes_and_registers(
     published = storage.get_json(f"{results['report']['uris']['report_uri']}/results.json")
     assert published["run"]["metric"]["name"] == metric
     assert published["run"]["calibration"]["source"] == "held-out eval slice"
+    if metric in ("miou", "multilabel_map"):  # chosen from the labels' form, scored in [0, 1]
+        assert 0.0 < rows["tf:fp32"]["metric_value"] <= 1.0
+        assert rows["tflite:fp32"]["metric_value"] == pytest.approx(
+            rows["tf:fp32"]["metric_value"], abs=1e-3
+        )
     if case == "dynamic_spatial":
         signature = storage.get_json(f"{results['root_uri']}/data/signature.json")
         (tensor,) = signature["inputs"]

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tasks.errors import UserInputError
-from tasks.metrics import GROUND_TRUTH_ARRAYS, METRICS, Verdict, auto_metric, get_metric, judge
+from tasks.metrics import (
+    GROUND_TRUTH_ARRAYS,
+    METRICS,
+    Verdict,
+    auto_metric,
+    get_metric,
+    judge,
+    labels_form,
+    merge_labels_forms,
+)
 
 pytestmark = pytest.mark.unit
 
 
 def test_registry_order_and_ground_truth():
-    assert list(METRICS) == ["top1", "top5", "mae", "rmse", "map50", "map", "fidelity"]
+    assert list(METRICS) == [
+        "top1",
+        "top5",
+        "multilabel_map",
+        "miou",
+        "mae",
+        "rmse",
+        "map50",
+        "map",
+        "fidelity",
+    ]
     for spec in METRICS.values():
         assert set(spec.ground_truth) <= set(GROUND_TRUTH_ARRAYS)
         assert spec.title and spec.tolerance_meaning
@@ -20,22 +40,50 @@ def test_registry_order_and_ground_truth():
 
 
 def test_unknown_metric_lists_the_choices():
-    with pytest.raises(UserInputError, match="unknown metric 'top3'.*top1, top5, mae"):
+    with pytest.raises(UserInputError, match="unknown metric 'top3'.*top1, top5, multilabel_map"):
         get_metric("top3")
 
 
 @pytest.mark.parametrize(
-    ("arrays", "kind", "expected"),
+    ("arrays", "kind", "form", "expected"),
     [
-        ({"gt_boxes", "gt_classes"}, None, "map50"),
-        ({"labels"}, "i", "top1"),
-        ({"labels"}, "u", "top1"),
-        ({"labels"}, "f", "mae"),
-        (set(), None, "fidelity"),
+        ({"gt_boxes", "gt_classes"}, None, None, "map50"),
+        ({"labels"}, "i", "ids", "top1"),
+        ({"labels"}, "u", None, "top1"),
+        ({"labels"}, "i", "one_hot", "top1"),
+        ({"labels"}, "i", "multi_hot", "multilabel_map"),
+        ({"labels"}, "b", "multi_hot", "multilabel_map"),
+        ({"labels"}, "u", "dense", "miou"),
+        ({"labels"}, "f", "values", "mae"),
+        (set(), None, None, "fidelity"),
     ],
 )
-def test_auto_metric(arrays, kind, expected):
-    assert auto_metric(arrays, kind) == expected
+def test_auto_metric(arrays, kind, form, expected):
+    assert auto_metric(arrays, kind, form) == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "form"),
+    [
+        (np.array([0, 2, 1]), "ids"),
+        (np.array([[0], [2], [1]]), "ids"),
+        (np.eye(3, dtype=np.int64), "one_hot"),
+        (np.array([[1, 1, 0], [0, 0, 1]]), "multi_hot"),
+        (np.array([[True, False], [True, True]]), "multi_hot"),
+        (np.zeros((2, 4, 4), dtype=np.uint8), "dense"),
+        (np.array([[3, 1, 0], [2, 2, 0]]), "dense"),  # a tag per token
+        (np.array([0.5, 1.5]), "values"),
+        (np.array([[0.0, 1.0], [1.0, 0.0]]), "one_hot"),
+    ],
+)
+def test_labels_form(labels, form):
+    assert labels_form(labels) == form
+
+
+def test_labels_forms_merge_single_label_shards_into_multi_hot():
+    assert merge_labels_forms({"one_hot", "multi_hot"}) == "multi_hot"
+    assert merge_labels_forms({"dense"}) == "dense"
+    assert merge_labels_forms({"ids", "dense"}) is None
 
 
 def test_higher_is_better_passes_an_exact_drop_and_fails_a_larger_one():
