@@ -87,11 +87,19 @@ def _class_scores(array: np.ndarray, name: str) -> np.ndarray:
     return array.reshape(array.shape[0], array.shape[-1]).astype(np.float64)
 
 
+def _holds_class_ids(output: np.ndarray) -> bool:
+    """An integer output of one value per sample ([N] or [N, 1]) is the predicted class id."""
+    return output.dtype.kind in "iu" and (
+        output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)
+    )
+
+
 class TopKAccumulator:
     """Counts samples whose label is among the k best-scored classes, batch by batch.
 
-    Ties rank the lower class id first (as argmax does). A single-column output is a binary
-    sigmoid: class 1 when p >= 0.5.
+    Ties rank the lower class id first (as argmax does). A single-column float output is a
+    binary sigmoid: class 1 when p >= 0.5. An integer one is the predicted class id, a hit
+    when it equals the label (for any k: there is nothing to rank).
     """
 
     def __init__(self, name: str, k: int, output: str) -> None:
@@ -108,9 +116,15 @@ class TopKAccumulator:
         baseline_outputs: Mapping[str, np.ndarray],
     ) -> None:
         """Adds one batch; `baseline_outputs` is not read."""
-        scores = _class_scores(batch_output(outputs, self.output), self.output)
+        output = batch_output(outputs, self.output)
         if LABELS not in truth:
             raise UserInputError(f"metric {self.name!r} needs 'labels' in every eval batch")
+        if _holds_class_ids(output):
+            labels = _class_ids(np.asarray(truth[LABELS]), output.shape[0])
+            self._correct += int(np.count_nonzero(output.reshape(-1) == labels))
+            self._samples += labels.size
+            return
+        scores = _class_scores(output, self.output)
         labels = _class_ids(np.asarray(truth[LABELS]), scores.shape[0])
         classes = max(scores.shape[1], 2)
         if labels.size and (labels.min() < 0 or labels.max() >= classes):

@@ -66,6 +66,15 @@ def test_single_column_output_is_a_binary_sigmoid():
     assert score("top5", outputs, np.array([0, 1, 0, 1])).value == 1.0
 
 
+def test_an_integer_output_is_the_predicted_class_id():
+    """A model returning argmax ids (int64 [N]) of 3 classes is not a binary sigmoid."""
+    ids = np.array([0, 2, 1, 2, 2])
+    labels = np.array([0, 2, 2, 1, 2])
+    assert score("top1", ids, labels).value == pytest.approx(3 / 5)
+    assert score("top1", ids[:, None].astype(np.int32), labels, batches=2).value == 0.6
+    assert score("top5", ids, labels).value == pytest.approx(3 / 5)  # nothing to rank
+
+
 def test_labels_outside_the_classes_are_refused():
     with pytest.raises(UserInputError, match=r"class ids in \[0, 5\]"):
         score("top1", SCORES, np.array([1, 2, 6, 0]))
