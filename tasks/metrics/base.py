@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -181,3 +181,26 @@ def batch_output(outputs: Mapping[str, Any], name: str) -> np.ndarray:
             f"set {METRIC_OUTPUT_FLAG} to a numeric one"
         )
     return array
+
+
+def choose_output(
+    outputs: Sequence[TensorInfoLike],
+    metric_output: str | None,
+    metric: str,
+    fits: Callable[[TensorInfoLike], bool],
+    what: str,
+) -> TensorInfoLike:
+    """The output a metric reads: the user's flag, else the only output, else the one numeric
+    output that `fits`; `what` names what it should hold, for the error."""
+    if metric_output:
+        chosen = named_output(outputs, metric_output, metric)
+    elif len(outputs) == 1:
+        chosen = outputs[0]
+    else:
+        candidates = [t for t in outputs if not is_string_dtype(t.dtype) and fits(t)]
+        if len(candidates) != 1:
+            raise ambiguous(outputs, metric, f"{len(candidates)} outputs could hold {what}")
+        chosen = candidates[0]
+    if is_string_dtype(chosen.dtype):
+        raise ambiguous(outputs, metric, f"output {chosen.name!r} holds strings")
+    return chosen

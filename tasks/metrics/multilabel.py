@@ -13,10 +13,8 @@ from tasks.metrics.base import (
     MetricValue,
     OutputChoice,
     TensorInfoLike,
-    ambiguous,
     batch_output,
-    is_string_dtype,
-    named_output,
+    choose_output,
     require_array,
     require_samples,
 )
@@ -114,23 +112,13 @@ class MultiLabelAPSpec(MetricSpec):
     def resolve_output(
         self, outputs: Sequence[TensorInfoLike], metric_output: str | None
     ) -> OutputChoice:
-        if metric_output:
-            chosen = named_output(outputs, metric_output, self.name)
-        elif len(outputs) == 1:
-            chosen = outputs[0]
-        else:
-            rows = [
-                t
-                for t in outputs
-                if not is_string_dtype(t.dtype) and len(t.shape) == 2 and (t.shape[1] or 0) > 1
-            ]
-            if len(rows) != 1:
-                raise ambiguous(
-                    outputs, self.name, f"{len(rows)} outputs could hold per-label scores [N, C]"
-                )
-            chosen = rows[0]
-        if is_string_dtype(chosen.dtype):
-            raise ambiguous(outputs, self.name, f"output {chosen.name!r} holds strings")
+        chosen = choose_output(
+            outputs,
+            metric_output,
+            self.name,
+            lambda t: len(t.shape) == 2 and (t.shape[1] or 0) > 1,
+            "per-label scores [N, C]",
+        )
         return OutputChoice({SCORES_ROLE: chosen.name})
 
     def accumulator(self, choice: OutputChoice) -> MultiLabelAPAccumulator:

@@ -13,10 +13,8 @@ from tasks.metrics.base import (
     MetricValue,
     OutputChoice,
     TensorInfoLike,
-    ambiguous,
     batch_output,
-    is_string_dtype,
-    named_output,
+    choose_output,
     require_array,
     require_samples,
 )
@@ -135,21 +133,13 @@ class MeanIoUSpec(MetricSpec):
     def resolve_output(
         self, outputs: Sequence[TensorInfoLike], metric_output: str | None
     ) -> OutputChoice:
-        if metric_output:
-            chosen = named_output(outputs, metric_output, self.name)
-        elif len(outputs) == 1:
-            chosen = outputs[0]
-        else:
-            dense = [t for t in outputs if not is_string_dtype(t.dtype) and len(t.shape) >= 3]
-            if len(dense) != 1:
-                raise ambiguous(
-                    outputs,
-                    self.name,
-                    f"{len(dense)} outputs could hold per-element class scores [N, ..., C]",
-                )
-            chosen = dense[0]
-        if is_string_dtype(chosen.dtype):
-            raise ambiguous(outputs, self.name, f"output {chosen.name!r} holds strings")
+        chosen = choose_output(
+            outputs,
+            metric_output,
+            self.name,
+            lambda t: len(t.shape) >= 3,
+            "per-element class scores [N, ..., C]",
+        )
         return OutputChoice({CLASS_ROLE: chosen.name})
 
     def accumulator(self, choice: OutputChoice) -> MeanIoUAccumulator:
