@@ -119,21 +119,24 @@ class TopKAccumulator:
         output = batch_output(outputs, self.output)
         if LABELS not in truth:
             raise UserInputError(f"metric {self.name!r} needs 'labels' in every eval batch")
+        labels = _class_ids(np.asarray(truth[LABELS]), output.shape[0])
         if _holds_class_ids(output):
-            labels = _class_ids(np.asarray(truth[LABELS]), output.shape[0])
-            self._correct += int(np.count_nonzero(output.reshape(-1) == labels))
-            self._samples += labels.size
-            return
+            hits = output.reshape(-1) == labels
+        else:
+            hits = self._hits(self._checked_scores(output, labels), labels)
+        self._correct += int(np.count_nonzero(hits))
+        self._samples += labels.size
+
+    def _checked_scores(self, output: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The output as [N, C] scores, once the labels are known to fit its C classes."""
         scores = _class_scores(output, self.output)
-        labels = _class_ids(np.asarray(truth[LABELS]), scores.shape[0])
         classes = max(scores.shape[1], 2)
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             raise UserInputError(
                 f"labels range over [{labels.min()}, {labels.max()}] but output {self.output!r} "
                 f"scores {classes} classes; labels must be class ids in [0, {classes - 1}]"
             )
-        self._correct += int(np.count_nonzero(self._hits(scores, labels)))
-        self._samples += labels.size
+        return scores
 
     def _hits(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if self.k >= max(scores.shape[1], 2):
