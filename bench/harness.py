@@ -5,7 +5,7 @@ harness's calls and timer, in stable windows; the benchmark stage times the same
 interleaved rounds) and the default settings, on the real eval inputs the stage uses.
 
 With `--rounds N` it holds the harness against LiteRT's `litert-benchmark` on the same file, in
-the same process, the order rotated every round, so both share the process's state and the
+the same process, the order balanced over the rounds, so both share the process's state and the
 machine's drift; the figures are medians of the per-round ratios. The tool writes its inputs
 once and then only runs the model, while a runner call writes the next input every call (on
 the demo's 0.09 ms INT8 model that write alone is about 7 us). So each round times three turns:
@@ -45,10 +45,16 @@ def _load(backend: str, model_dir: Path, export_dir: Path, eval_uri: str, thread
     return runner, feeds
 
 
-def _measure(runner: Any, feeds: Any) -> dict[str, Any]:
+TURN_CALLS = 300
+"""Timed calls per turn when the harness alternates with the tool: as many as the tool runs
+(`bench.litert_tool.NUM_RUNS`), so the turns of a round are as short and as long as each other
+and lie close in time."""
+
+
+def _measure(runner: Any, feeds: Any, settings: Any = None) -> dict[str, Any]:
     from tasks.benchmark import BenchmarkSettings, measure
 
-    report = measure(runner, feeds, 1, BenchmarkSettings())
+    report = measure(runner, feeds, 1, settings or BenchmarkSettings())
     return {
         "p50_ms": report.p50_ms,
         "p99_ms": report.p99_ms,
@@ -85,27 +91,37 @@ def versus_tool(
     model_dir: Path, export_dir: Path, eval_uri: str, threads: int, rounds: int
 ) -> list[dict[str, Any]]:
     """`rounds` rounds of LiteRT's tool, the harness on the tool's work and the harness on the
-    runner's full call, on the variant's .tflite, the order rotated every round. `ratio` is
+    runner's full call, on the variant's .tflite, each turn as long as the tool's (its warm-up,
+    then `TURN_CALLS` timed calls), the order balanced over the rounds. `ratio` is
     harness / tool, `call_ratio` call / tool. Each round is judged as the benchmark stage judges
     its rounds (contention, and the machine-speed probes on either side of it); `kept` marks
     the rounds the figures should use."""
-    from bench.litert_tool import run_in_process
+    from bench.litert_tool import WARMUP_RUNS, run_in_process
     from tasks import machine_speed
     from tasks.backends.tflite import MODEL_FILE
     from tasks.benchmark import BenchmarkSettings
-    from tasks.benchmark_rounds import choose_rounds, judged, observed_round, rotation
+    from tasks.benchmark_rounds import choose_rounds, judged, observed_round, round_order
 
     runner, feeds = _load("tflite", model_dir, export_dir, eval_uri, threads)
     resident = ResidentInputs(model_dir / MODEL_FILE, threads)
+    windows = TURN_CALLS // 100
+    turn = BenchmarkSettings(
+        warmup_iterations=WARMUP_RUNS,
+        warmup_seconds=10.0,
+        window_iterations=100,
+        stability_windows=windows,
+        min_windows=windows,
+        max_windows=windows,
+    )
     turns = {
         "tool": lambda: run_in_process(model_dir / MODEL_FILE, threads),
-        "harness": lambda: _measure(resident, feeds),
-        "call": lambda: _measure(runner, feeds),
+        "harness": lambda: _measure(resident, feeds, turn),
+        "call": lambda: _measure(runner, feeds, turn),
     }
     out, records = [], []
     probe = machine_speed.probe_ms()
     for number in range(rounds):
-        order = rotation(list(turns), number)
+        order = round_order(list(turns), number)
         record, done = observed_round(
             number, order, probe, lambda order=order: {name: turns[name]() for name in order}
         )

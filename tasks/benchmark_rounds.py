@@ -106,15 +106,15 @@ def benchmark_interleaved(
     """Measure several runners in interleaved rounds, so machine drift hits them all alike.
 
     Every runner is warmed up first. Then each round runs every runner's calls at each batch
-    size in turn, the runners' order rotated by one per round; each turn starts with a few
+    size in turn, in an order balanced for carry-over (`round_order`); each turn starts with a few
     untimed calls (`round_warmup_seconds`). A small matmul timed before and after each round
     tells whether the machine ran in its slow state. A runner's p50 is the median of
-    its per-round medians over the kept rounds it ran at full speed (spoiled rounds are left
-    out when enough clean ones remain, and extra rounds run while too few are clean; of the
-    kept rounds, those more than `max_round_slowdown` over the runner's fastest count as slow;
-    see `BenchmarkSettings`); the spread of those medians (IQR; min and max over every kept
-    round), the counts of kept, spoiled and slow rounds and the kept rounds' median probe go in
-    its report.
+    its per-round medians over the kept rounds the machine ran at full speed (spoiled rounds
+    are left out when enough clean ones remain, and extra rounds run while too few are clean;
+    of the kept rounds, those in which the runners together ran slow are left out for every
+    runner alike: `full_speed_rounds`, `BenchmarkSettings`); the spread of those medians (IQR;
+    min and max over every kept round), the counts of kept, spoiled and slow rounds and the
+    kept rounds' median probe go in its report.
 
     Args:
         runners: name -> loaded runner (variants and, e.g., the current champion).
@@ -147,10 +147,13 @@ def benchmark_interleaved(
     spoiled = sum(1 for r in rounds if r.spoiled_by)
     kept_clean = not any(rounds[i].spoiled_by for i in kept)
     probe = float(np.median([rounds[i].probe_ms for i in kept]))
+    medians = {key: [_median_ms(per_round[key][i]) for i in kept] for key in keys}
+    fast = full_speed_rounds(list(medians.values()), settings)
     reports: dict[str, dict[int, LatencyReport]] = {name: {} for name in runners}
     for name, size in keys:
         reports[name][size] = _summarise_rounds(
             [per_round[(name, size)][i] for i in kept],
+            fast,
             batch_size=size,
             stop_reason=stop_reason,
             warmup_calls=warmups[(name, size)],
@@ -252,7 +255,7 @@ def _run_rounds(
     probe = machine_speed.probe_ms()
     while _wants_round(rounds, settings):
         number = len(rounds)
-        order = rotation(names, number)
+        order = round_order(names, number)
 
         def turns(order: tuple[str, ...] = order) -> None:
             for name in order:
@@ -284,10 +287,29 @@ def _run_rounds(
     return per_round, rounds, stop_reason
 
 
-def rotation(names: Sequence[str], number: int) -> tuple[str, ...]:
-    """The order of round `number`: `names` rotated by one per round."""
-    shift = number % len(names)
-    return tuple(names[shift:]) + tuple(names[:shift])
+def round_order(names: Sequence[str], number: int) -> tuple[str, ...]:
+    """The order of round `number`, balanced for carry-over (a Williams design).
+
+    A runner can leave the machine worse for the one after it (TensorFlow's thread pools
+    still spinning, the caches full of its weights): with the order only rotated, the same
+    runner always followed TensorFlow, and two copies of one model differed by 3-5%. Over
+    `len(names)` rounds (twice that for an odd count) every runner follows every other one
+    equally often and takes every place in the order.
+    """
+    count = len(names)
+    first, low, high = [0], 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    if count % 2 == 0:
+        shift, backwards = number % count, False
+    else:
+        shift, backwards = (number // 2) % count, number % 2 == 1
+    order = tuple(names[(i + shift) % count] for i in first)
+    return order[::-1] if backwards else order
 
 
 def observed_round(
@@ -343,17 +365,38 @@ def _round_calls(
     return calls, made
 
 
-def full_speed_rounds(medians: Sequence[float], max_slowdown: float) -> list[int]:
-    """Indices of the round medians within `max_slowdown` of the fastest: the rounds a runner
-    ran at the machine's full speed."""
-    if not medians:
+def _median_ms(calls_ns: Sequence[int]) -> float:
+    return float(np.median(calls_ns)) / NS_PER_MS
+
+
+def full_speed_rounds(
+    medians_by_runner: Sequence[Sequence[float]], settings: BenchmarkSettings
+) -> list[int]:
+    """Positions of the rounds the machine ran at full speed, chosen once for every runner.
+
+    Each runner's round medians are divided by its fastest; a round's slowdown is the median of
+    those over the runners. The rounds within `max_round_slowdown` of the least slowed round are
+    at full speed, and at least `min_clean_rounds` of the least slowed are taken. Every runner's
+    figures then come from the same rounds: two runners of the same model get the same p50 up
+    to the noise of a round, where choosing each runner's own fastest rounds let one lucky round
+    decide (the same model measured twice in one benchmark differed by up to 25% on a 2-core VM
+    that way).
+    """
+    if not medians_by_runner or not medians_by_runner[0]:
         return []
-    limit = (1 + max_slowdown) * min(medians)
-    return [i for i, value in enumerate(medians) if value <= limit]
+    count = len(medians_by_runner[0])
+    relative = [[value / min(medians) for value in medians] for medians in medians_by_runner]
+    slowdown = [float(np.median([row[i] for row in relative])) for i in range(count)]
+    limit = (1 + settings.max_round_slowdown) * min(slowdown)
+    fast = [i for i in range(count) if slowdown[i] <= limit]
+    if len(fast) < settings.min_clean_rounds:
+        fast = sorted(sorted(range(count), key=slowdown.__getitem__)[: settings.min_clean_rounds])
+    return fast
 
 
 def _summarise_rounds(
     rounds_ns: list[list[int]],
+    fast: list[int],
     *,
     batch_size: int,
     stop_reason: str,
@@ -364,16 +407,15 @@ def _summarise_rounds(
     probe_ms: float,
     settings: BenchmarkSettings,
 ) -> LatencyReport:
-    """The report from the kept rounds at full speed (`full_speed_rounds`): p50 = median of
-    their per-round medians; the other statistics from their calls. The range and
+    """The report from the kept rounds at positions `fast` (`full_speed_rounds`): p50 = median
+    of their per-round medians; the other statistics from their calls. The range and
     `window_p50_ms` cover every kept round, slow ones included, so runners measured in the same
     rounds can be compared round by round.
 
     Stable when the kept rounds are clean, at least `min_clean_rounds` ran at full speed, and
     the IQR of their medians is within `stability_tolerance` of the p50.
     """
-    all_medians = [float(np.median(calls)) / NS_PER_MS for calls in rounds_ns]
-    fast = full_speed_rounds(all_medians, settings.max_round_slowdown)
+    all_medians = [_median_ms(calls) for calls in rounds_ns]
     medians = np.asarray([all_medians[i] for i in fast], dtype=np.float64)
     ms = np.concatenate([np.asarray(rounds_ns[i], dtype=np.float64) for i in fast]) / NS_PER_MS
     p50 = float(np.median(medians))
