@@ -7,7 +7,9 @@ with tfopt's own backends (the same `ConversionRequest` the pipeline sends, with
 images and, for backends that use it, tfopt's metric on a validation slice) and the peers a user
 would build by hand (`bench.peer_runners`). All of them are judged by the fidelity metric against
 TF as exported, on the same eval images, and measured in one interleaved benchmark (rounds,
-order rotated, spoiled rounds left out) on the same inputs and threads.
+order balanced, spoiled rounds left out) on the same inputs and threads. tfopt's choice and the
+best passing peer then meet head to head, the two alone in many short rounds, for the headline
+ratio.
 
 The gate: the fidelity metric's mean cosine similarity to TF's logits may drop at most
 `GATE_COSINE_DROP` below TF's own (1.0). Argmax agreement and the max error are reported beside.
@@ -36,8 +38,23 @@ logger = logging.getLogger("bench.peers")
 
 BASELINE = "tf:fp32"
 GATE_COSINE_DROP = 0.01
-FULL = {"eval": 32, "calibration": 64, "batchnorm": 32, "rounds": 7, "round_seconds": 1.0}
-QUICK = {"eval": 8, "calibration": 16, "batchnorm": 8, "rounds": 3, "round_seconds": 0.3}
+FULL = {
+    "eval": 32,
+    "calibration": 64,
+    "batchnorm": 32,
+    "rounds": 7,
+    "round_seconds": 1.0,
+    "duel_rounds": 30,
+}
+QUICK = {
+    "eval": 8,
+    "calibration": 16,
+    "batchnorm": 8,
+    "rounds": 3,
+    "round_seconds": 0.3,
+    "duel_rounds": 6,
+}
+DUEL_ROUND_SECONDS = 0.3
 MEASURED_FEEDS = 16
 
 
@@ -276,6 +293,45 @@ def headline(rows: dict[str, dict]) -> dict[str, Any]:
     }
 
 
+def head_to_head(
+    chosen: tuple[str, Any], peer: tuple[str, Any], feeds: Sequence[dict], rounds: int
+) -> dict[str, Any]:
+    """tfopt's choice and the best peer alone, in `rounds` short rounds, each starting with the
+    other by turns: the two turns of a round lie a fraction of a second apart, so the machine's
+    drift, which the many-runner rounds spread over tens of seconds, hits both alike. The ratio
+    (peer / choice) is the median of the per-round ratios, with its 95% interval."""
+    from tasks.benchmark import BenchmarkSettings
+    from tasks.benchmark_rounds import benchmark_interleaved
+
+    settings = BenchmarkSettings(
+        warmup_iterations=10,
+        warmup_seconds=1.0,
+        window_iterations=100,
+        rounds=rounds,
+        round_seconds=DUEL_ROUND_SECONDS,
+        max_seconds=120.0,
+    )
+    measured = benchmark_interleaved(dict([chosen, peer]), {1: list(feeds)}, settings)
+    mine = measured.reports[chosen[0]][1].window_p50_ms
+    theirs = measured.reports[peer[0]][1].window_p50_ms
+    ratios = [p / c for c, p in zip(mine, theirs, strict=True) if c > 0]
+    return {
+        "ratio": statistics.median(ratios),
+        "interval95": list(median_interval(ratios)),
+        "rounds": [round(r, 4) for r in ratios],
+        "spoiled": sum(1 for r in measured.rounds if r.spoiled_by),
+    }
+
+
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """A distribution-free 95% confidence interval of the median: the order statistics
+    k and n-1-k with k = floor((n - 1.96 sqrt(n)) / 2) (the whole range below 6 values)."""
+    ordered = sorted(values)
+    count = len(ordered)
+    k = max(0, int((count - 1.96 * count**0.5) / 2))
+    return ordered[k], ordered[count - 1 - k]
+
+
 def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[str, Any]:
     """Everything for one network; the JSON document `bench.run` reads."""
     from bench.flops import layer_flops, profiler_flops
@@ -303,6 +359,22 @@ def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[st
             runners[name] = runner
     rounds, peaks = judge_and_measure(runners, rows, data, plan, gemm_runners(threads))
     rows["peer:tf-as-exported"] = {**rows[BASELINE], "kind": "peer", "same_as": BASELINE}
+    top = headline(rows)
+    if top["chosen"] and top["best_peer"]:
+        duel = head_to_head(
+            (top["chosen"], runners[top["chosen"]]),
+            (top["best_peer"], runners[top["best_peer"]]),
+            data["eval_feeds"][:MEASURED_FEEDS],
+            plan["duel_rounds"],
+        )
+        top = {
+            **top,
+            "speed_vs_best_peer_in_rounds": top["speed_vs_best_peer"],
+            "speed_vs_best_peer": duel["ratio"],
+            "speed_vs_best_peer_rounds": duel["rounds"],
+            "speed_vs_best_peer_interval95": duel["interval95"],
+            "head_to_head_spoiled": duel["spoiled"],
+        }
     return {
         "model": model_name,
         "image_size": realsize.IMAGE_SIZE,
@@ -315,7 +387,7 @@ def run_model(model_name: str, threads: int, work: Path, quick: bool) -> dict[st
         "rows": rows,
         "rounds": rounds,
         "interleaved_peaks": peaks,
-        **headline(rows),
+        **top,
     }
 
 

@@ -125,9 +125,14 @@ def _round_range(per_round: list[float] | None) -> str:
     if not per_round:
         return ""
     return (
-        f" (median of {len(per_round)} round ratios, min-max "
+        f" (head to head: median of {len(per_round)} round ratios, min-max "
         f"{min(per_round):.2f}-{max(per_round):.2f})"
     )
+
+
+def _interval(interval: list[float] | None) -> str:
+    """ ", 95% interval a-b" for a head-to-head ratio."""
+    return f", 95% interval {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
 
 
 def peers_table(network: dict[str, Any]) -> str:
@@ -146,7 +151,8 @@ def peers_table(network: dict[str, Any]) -> str:
         f"gate {network['gate']}\n"
         f"tfopt's choice {network.get('chosen')} {_ms(network.get('chosen_p50_ms'))} ms vs best "
         f"peer {network.get('best_peer')} {_ms(network.get('best_peer_p50_ms'))} ms: "
-        f"{_fmt(ratio, '.2f', 'x')}{_round_range(network.get('speed_vs_best_peer_rounds'))}"
+        f"{_fmt(ratio, '.3f', 'x')}{_round_range(network.get('speed_vs_best_peer_rounds'))}"
+        + _interval(network.get("speed_vs_best_peer_interval95"))
         + (" (the same outputs bit for bit)" if network.get("same_outputs") else "")
     )
     notes = [

@@ -61,7 +61,7 @@ def test_headline_takes_the_median_of_the_per_round_ratios() -> None:
     assert len(top["speed_vs_best_peer_rounds"]) == 5
 
 
-def test_a_tie_is_two_runners_that_computed_the_same_outputs_bit_for_bit() -> None:
+def test_a_tie_is_the_same_outputs_and_an_interval_that_reaches_one() -> None:
     rows = {
         "tflite:dynamic": _row("tfopt", 12.9),
         "peer:litert-dynamic-range": _row("peer", 12.8),
@@ -69,21 +69,37 @@ def test_a_tie_is_two_runners_that_computed_the_same_outputs_bit_for_bit() -> No
     same = peers.outputs_digest([{"logits": np.array([[0.25, -1.5]], np.float32)}])
     rows["tflite:dynamic"]["outputs_sha256"] = same
     rows["peer:litert-dynamic-range"]["outputs_sha256"] = same
-    network = {"model": "mobilenet_v2", "gate": "fidelity cosine >= 0.99", **headline(rows)}
-    assert network["same_outputs"] and network["speed_vs_best_peer"] == pytest.approx(12.8 / 12.9)
-    judged = figures.realsize_figures([network])[0]
-    assert judged.passed is True and "a tie" in judged.note
 
-    rows["tflite:dynamic"]["latency"]["p50_ms"] = 13.2  # 3% slower: a loss, same outputs or not
-    network = {"model": "mobilenet_v2", "gate": "fidelity cosine >= 0.99", **headline(rows)}
-    assert network["same_outputs"] and figures.realsize_figures([network])[0].passed is False
-    rows["tflite:dynamic"]["latency"]["p50_ms"] = 12.9
+    def network(interval: list[float]) -> dict:
+        top = headline(rows)
+        return {
+            "model": "mobilenet_v2",
+            "gate": "fidelity cosine >= 0.99",
+            **top,
+            "speed_vs_best_peer": 0.97,
+            "speed_vs_best_peer_interval95": interval,
+        }
+
+    tie = network([0.95, 1.01])
+    assert tie["same_outputs"]
+    judged = figures.realsize_figures([tie])[0]
+    assert judged.passed is True and "a tie" in judged.note and "0.950-1.010" in judged.note
+
+    slower = figures.realsize_figures([network([0.95, 0.99])])[0]  # measurably slower
+    assert slower.passed is False and "tfopt's ran slower" in slower.note
 
     other = peers.outputs_digest([{"logits": np.array([[0.25, -1.4999]], np.float32)}])
     rows["peer:litert-dynamic-range"]["outputs_sha256"] = other
-    network = {"model": "mobilenet_v2", "gate": "fidelity cosine >= 0.99", **headline(rows)}
-    assert not network["same_outputs"]
-    assert figures.realsize_figures([network])[0].passed is False  # 0.99x, measured
+    different = network([0.95, 1.01])
+    assert not different["same_outputs"]
+    assert figures.realsize_figures([different])[0].passed is False  # 0.97x, measured
+
+
+def test_median_interval_is_the_order_statistics_around_the_median() -> None:
+    values = [1.0 + i / 100 for i in range(30)]  # 1.00 .. 1.29
+    low, high = peers.median_interval(values)
+    assert (low, high) == (values[9], values[20])  # k = floor((30 - 1.96 * 5.48) / 2) = 9
+    assert peers.median_interval([0.9, 1.1, 1.0]) == (0.9, 1.1)
 
 
 def test_headline_without_a_passing_side_has_no_ratio() -> None:
