@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-NUM_RUNS = 1000
+NUM_RUNS = 300
 WARMUP_RUNS = 100
 
 

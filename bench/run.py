@@ -51,7 +51,7 @@ logger = logging.getLogger("bench")
 DEFAULT_DEMO_URI = "s3://{bucket}/bench/demo"
 DEFAULT_MODEL_NAME = "tfopt-bench"
 DAG_FILE = REPO / "dags" / "optimize_model.py"
-HARNESS_ROUNDS = 9
+HARNESS_ROUNDS = 24
 REALSIZE_MODELS = ("mobilenet_v2", "resnet50")
 REALSIZE_TIMEOUT_S = 40 * 60
 ORCHESTRATION_MODEL = "mobilenet_v2"
@@ -134,8 +134,9 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
 
     The rounds interleave the tool, the harness on the tool's own work (compiled as the tool
     compiles it, inputs written once) and the harness on the runner's full call in one fresh
-    process (`bench.harness --rounds`), the order rotated every round, so the process's state
-    and the machine's drift hit all three; the figures are medians of the per-round ratios,
+    process (`bench.harness --rounds`), in turns of equal length, the order balanced, so the
+    process's state and the machine's drift hit all three; the figures are medians of the
+    per-round ratios,
     with their min and max. The pipeline's own p50 (measured minutes earlier) against the tool
     is reported beside them.
     """
