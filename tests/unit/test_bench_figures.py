@@ -61,7 +61,7 @@ def test_headline_takes_the_median_of_the_per_round_ratios() -> None:
     assert len(top["speed_vs_best_peer_rounds"]) == 5
 
 
-def test_a_tie_is_the_same_outputs_and_an_interval_that_reaches_one() -> None:
+def test_a_tie_is_a_ratio_below_one_whose_interval_reaches_one() -> None:
     rows = {
         "tflite:dynamic": _row("tfopt", 12.9),
         "peer:litert-dynamic-range": _row("peer", 12.8),
@@ -70,29 +70,30 @@ def test_a_tie_is_the_same_outputs_and_an_interval_that_reaches_one() -> None:
     rows["tflite:dynamic"]["outputs_sha256"] = same
     rows["peer:litert-dynamic-range"]["outputs_sha256"] = same
 
-    def network(interval: list[float]) -> dict:
-        top = headline(rows)
+    def network(ratio: float, interval: list[float]) -> dict:
         return {
             "model": "mobilenet_v2",
             "gate": "fidelity cosine >= 0.99",
-            **top,
-            "speed_vs_best_peer": 0.97,
+            **headline(rows),
+            "speed_vs_best_peer": ratio,
             "speed_vs_best_peer_interval95": interval,
         }
 
-    tie = network([0.95, 1.01])
-    assert tie["same_outputs"]
-    judged = figures.realsize_figures([tie])[0]
-    assert judged.passed is True and "a tie" in judged.note and "0.950-1.010" in judged.note
+    tie = figures.realsize_figures([network(0.97, [0.95, 1.01])])[0]
+    assert tie.passed is True and "a tie" in tie.note and "0.950-1.010" in tie.note
+    assert "same outputs bit for bit" in tie.note
 
-    slower = figures.realsize_figures([network([0.95, 0.99])])[0]  # measurably slower
-    assert slower.passed is False and "tfopt's ran slower" in slower.note
+    slower = figures.realsize_figures([network(0.97, [0.95, 0.99])])[0]
+    assert slower.passed is False and "the peer measurably faster" in slower.note
 
-    other = peers.outputs_digest([{"logits": np.array([[0.25, -1.4999]], np.float32)}])
-    rows["peer:litert-dynamic-range"]["outputs_sha256"] = other
-    different = network([0.95, 1.01])
-    assert not different["same_outputs"]
-    assert figures.realsize_figures([different])[0].passed is False  # 0.97x, measured
+    faster = figures.realsize_figures([network(1.04, [1.01, 1.06])])[0]
+    assert faster.passed is True and "tie" not in faster.note
+
+    rows["peer:litert-dynamic-range"]["outputs_sha256"] = "other"
+    unlike = figures.realsize_figures([network(0.97, [0.95, 1.01])])[0]
+    assert unlike.passed is True and "same outputs" not in unlike.note
+    no_interval = figures.realsize_figures([network(0.99, [])])[0]
+    assert no_interval.passed is False  # no head-to-head: the measured ratio alone
 
 
 def test_median_interval_is_the_order_statistics_around_the_median() -> None:
