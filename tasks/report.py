@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import BASELINE
+from tasks.metrics.segmentation import CLASS_IOU_PREFIX
 from tasks.report_plots import IMAGE_CAPTIONS, plot_accuracy_vs_latency, plot_latency_distribution
 from tasks.report_table import (
     MISSING,
     STAR,
     MetricInfo,
+    PerClassTable,
     batch_1_variants,
     columns,
     header_items,
     is_chosen,
     is_plotted,
+    per_class_table,
     reason_text,
     split_lines,
     table_note,
@@ -87,10 +90,33 @@ def render_markdown(
     splits = split_lines(summaries)
     note = table_note(metric, split=bool(splits), batch_1=batch_1_variants(summaries))
     lines += ["", markdown_escape(note)]
+    per_class = _per_class(summaries, selection)
+    if per_class:
+        lines += _markdown_per_class(per_class)
     if splits:
         lines += ["", "## Ops kept in TensorFlow", ""]
         lines += [f"- {markdown_escape(name)}: {markdown_escape(text)}" for name, text in splits]
     return "\n".join(lines) + "\n"
+
+
+def _per_class(
+    summaries: Sequence[VariantSummary], selection: Mapping[str, Any]
+) -> PerClassTable | None:
+    """The per-class IoU table of a segmentation run (None for other metrics)."""
+    return per_class_table(
+        summaries,
+        selection.get("chosen"),
+        selection.get("baseline") or BASELINE,
+        CLASS_IOU_PREFIX,
+        "IoU",
+    )
+
+
+def _markdown_per_class(table: PerClassTable) -> list[str]:
+    lines = ["", f"## {markdown_escape(table.title)}", ""]
+    lines += ["| class | baseline | chosen | change |", "| :-- | --: | --: | --: |"]
+    lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in table.rows]
+    return [*lines, "", markdown_escape(table.note)]
 
 
 # --- plain text (CLI) -------------------------------------------------------------------------
@@ -200,6 +226,7 @@ def render_html(
             rows=_html_rows(metric, summaries),
             note=table_note(metric, split=bool(splits), batch_1=batch_1_variants(summaries)),
             splits=splits,
+            per_class=_per_class(summaries, selection),
             figures=figures,
         )
     )

@@ -343,3 +343,55 @@ def why_line(selection: Mapping[str, Any]) -> str:
         return "No variant was chosen."
     reason = str(selection.get("reason") or "").strip()
     return f"{chosen}: {reason}" if reason else f"{chosen} was chosen."
+
+
+PER_CLASS_ROWS = 10
+"""Classes listed in the per-class table: those the chosen variant moved most."""
+
+
+@dataclass(frozen=True)
+class PerClassTable:
+    """A per-class metric (e.g. IoU) of the chosen variant against the baseline, the classes it
+    moved most first (worst first)."""
+
+    title: str
+    rows: list[tuple[str, str, str, str]]
+    """(class, baseline, chosen, chosen minus baseline), as text."""
+    note: str
+
+
+def per_class_table(
+    summaries: Sequence[VariantSummary],
+    chosen: str | None,
+    baseline: str,
+    prefix: str,
+    label: str,
+) -> PerClassTable | None:
+    """The table of the per-class figure `label` when the chosen variant is not the baseline
+    and both carry it (`metric_details` keys `<prefix><class>`); None otherwise."""
+    by_name = {summary.variant: summary for summary in summaries}
+    base, pick = by_name.get(baseline), by_name.get(chosen or "")
+    if base is None or pick is None or base is pick:
+        return None
+    classes = []
+    for key, value in base.metric_details.items():
+        before, after = num(value), num(pick.metric_details.get(key))
+        if key.startswith(prefix) and before is not None and after is not None:
+            classes.append((key.removeprefix(prefix), before, after))
+    if not classes:
+        return None
+    classes.sort(key=lambda item: (item[2] - item[1], item[0]))
+    shown = classes[:PER_CLASS_ROWS]
+    note = f"The {len(shown)} of {len(classes)} scored classes"
+    if len(shown) < len(classes):
+        note += (
+            f" whose {label} {chosen} changed most, the largest loss first; the others are in "
+            "results.json (`metric_details`)."
+        )
+    else:
+        note += f", the largest loss of {label} first."
+    return PerClassTable(
+        title=f"Per-class {label}: {chosen} against {baseline}",
+        rows=[(c, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}") for c, b, a in shown],
+        note=note,
+    )

@@ -23,6 +23,9 @@ LABELS = "labels"
 CLASS_ROLE = "class"
 IGNORE_LABEL = 255
 """Label value left out of the score (the VOC / Cityscapes convention for 'void' pixels)."""
+CLASS_IOU_PREFIX = "iou/"
+"""Details key prefix of one class's IoU (`iou/<class id>`), for the report's per-class table
+and the registry's metrics."""
 
 
 def check_dense_labels(labels: np.ndarray, num_samples: int, shard: str) -> None:
@@ -104,7 +107,8 @@ class MeanIoUAccumulator:
         self._confusion += counts.reshape(size, size)
 
     def value(self) -> MetricValue:
-        """Mean IoU, with pixel accuracy and the number of classes in the details."""
+        """Mean IoU, with pixel accuracy, the number of classes and each scored class's IoU
+        (`iou/<class id>`) in the details."""
         confusion = self._confusion
         elements = int(confusion.sum())
         if not elements:
@@ -118,6 +122,8 @@ class MeanIoUAccumulator:
             "classes_scored": float(present.sum()),
             "elements": float(elements),
         }
+        for class_id, value in zip(np.flatnonzero(present), iou, strict=True):
+            details[f"{CLASS_IOU_PREFIX}{class_id}"] = float(value)
         return MetricValue(self.name, float(iou.mean()), details)
 
 

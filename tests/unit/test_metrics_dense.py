@@ -147,3 +147,15 @@ def test_output_choice_of_the_dense_metrics():
     assert get_metric("multilabel_map").resolve_output(
         [TensorInfo("a", "float32", (None, 5)), TensorInfo("n", "int32", (None,))], None
     ).roles == {"scores": "a"}
+
+
+def test_miou_details_carry_each_scored_class_iou():
+    from tasks.metrics.segmentation import CLASS_IOU_PREFIX
+
+    labels = np.array([[[0, 0], [2, 2]]])
+    predicted = np.array([[[0, 2], [2, 2]]])
+    details = score("miou", "class", one_hot_scores(predicted, 3), labels).details
+    # class 0: 1 hit, union 2; class 2: 2 hits, union 3; class 1 never seen: not scored
+    assert details[f"{CLASS_IOU_PREFIX}0"] == pytest.approx(0.5)
+    assert details[f"{CLASS_IOU_PREFIX}2"] == pytest.approx(2 / 3)
+    assert f"{CLASS_IOU_PREFIX}1" not in details

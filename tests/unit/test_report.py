@@ -408,3 +408,55 @@ def test_the_measurement_line_says_rounds_spread_and_champion() -> None:
         "champion v3 (tflite:int8) in the same rounds: p50 1.23 ms"
     )
     assert measurement_text(rows[2:]) == ""
+
+
+def _segmentation_summaries(classes: int) -> list[VariantSummary]:
+    """A segmentation run: the baseline and the chosen variant with an IoU per class; the
+    chosen variant lost most on class 3, then on 1, and gained on 0."""
+    moved = {0: 0.02, 1: -0.03, 3: -0.08}
+    base = {f"iou/{c}": 0.5 + c / 100 for c in range(classes)}
+    chosen = {k: v + moved.get(int(k.removeprefix("iou/")), 0.0) for k, v in base.items()}
+    common = {"metric_name": "miou", "metric_value": 0.6}
+    return [
+        VariantSummary(
+            "tf:fp32", Status.OK, metric_details={**base, "pixel_accuracy": 0.9}, **common
+        ),
+        VariantSummary("tflite:int8", Status.OK, metric_details=chosen, **common),
+        VariantSummary("tflite:fp16", Status.OK, **common),
+    ]
+
+
+def test_a_segmentation_report_lists_the_classes_the_chosen_variant_moved_most() -> None:
+    text = render_markdown(_segmentation_summaries(4), RUN, SELECTION, REGISTRATION)
+    assert "## Per-class IoU: tflite:int8 against tf:fp32" in text
+    rows = [line for line in _table_lines(text) if line.startswith("| 3 ") or line[2:3].isdigit()]
+    assert rows == [
+        "| 3 | 0.530 | 0.450 | -0.080 |",
+        "| 1 | 0.510 | 0.480 | -0.030 |",
+        "| 2 | 0.520 | 0.520 | +0.000 |",
+        "| 0 | 0.500 | 0.520 | +0.020 |",
+    ]
+    assert "The 4 of 4 scored classes, the largest loss of IoU first." in text
+
+    page = render_html(_segmentation_summaries(4), RUN, SELECTION, REGISTRATION)
+    cells = _cells(page).cells
+    start = cells.index("class")
+    assert cells[start : start + 8] == ["class", "baseline", "chosen", "change"] + [
+        "3",
+        "0.530",
+        "0.450",
+        "-0.080",
+    ]
+
+
+def test_the_per_class_table_shows_ten_classes_and_says_where_the_rest_are() -> None:
+    text = render_markdown(_segmentation_summaries(30), RUN, SELECTION, REGISTRATION)
+    assert "The 10 of 30 scored classes whose IoU tflite:int8 changed most" in text
+    assert "results.json" in text
+
+
+def test_no_per_class_table_without_per_class_figures_or_a_distinct_choice() -> None:
+    assert "Per-class" not in render_markdown(_summaries(), RUN, SELECTION, REGISTRATION)
+    baseline_chosen = {**SELECTION, "chosen": "tf:fp32"}
+    text = render_markdown(_segmentation_summaries(4), RUN, baseline_chosen, REGISTRATION)
+    assert "Per-class" not in text
