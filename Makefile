@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 STACK := .venv/bin/python infra/local/stack.py
 STACK_ENV := $(or $(TFOPT_STACK_DIR),$(CURDIR)/.stack)/stack.env
 
-.PHONY: help install demo test test-slow test-faults test-cluster up cluster down status lint format bench bench-cluster
+.PHONY: help install demo test test-slow test-faults test-cluster up cluster down status lint format bench bench-series bench-cluster
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ format: install  ## apply ruff's formatting and safe fixes
 bench: install  ## measure the demo and real-size networks (MobileNetV2, ResNet50) beside peers -> bench/out/
 	@$(STACK) up
 	@source "$(STACK_ENV)" && .venv/bin/python -m bench.run $(BENCH_ARGS)
+
+bench-series: install  ## three consecutive `make bench` runs on this commit, their targets side by side -> bench/out/series/
+	@$(STACK) up
+	@source "$(STACK_ENV)" && .venv/bin/python -m bench.series $(BENCH_ARGS)
 
 bench-cluster: install  ## on a running `make cluster`: optimize_model on MobileNetV2 via the REST API, its orchestration overhead -> bench/out/cluster.json
 	@source "$(STACK_ENV)" && .venv/bin/python -m bench.cluster $(BENCH_ARGS)
