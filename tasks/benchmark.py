@@ -56,12 +56,10 @@ class BenchmarkSettings:
     the benchmark. Spoiled rounds are left out when at least `min_clean_rounds` clean ones
     remain; while fewer are clean, up to `max_extra_rounds` more rounds run. The rounds stop
     early once `max_seconds` per (runner, batch size) has been spent in all. Of the kept rounds,
-    every runner's figures come from the same ones: those in which the runners together ran
-    within `max_round_slowdown` of their fastest (each runner's round median over its fastest
-    round, the median of that over the runners), and at least `min_clean_rounds` of them. A VM
-    runs in stretches at full speed, where a runner's round medians agree within 1-2%, and in
-    slow stretches of seconds to minutes, 5-60% slower, that the probe and the contention
-    counters see only in part; the rounds left out count as slow (`rounds_slow`).
+    a runner's figures come from those whose median lies within `max_round_slowdown` of its
+    fastest round: a VM runs in stretches at full speed, where a runner's round medians agree
+    within 1-2%, and in slow stretches, 5-60% slower, that the probe and the contention counters
+    see only in part; the others count as slow (`rounds_slow`).
     """
 
     warmup_iterations: int = 50
@@ -138,8 +136,8 @@ class LatencyReport:
     rounds_kept: int = 0
     rounds_spoiled: int = 0
     rounds_slow: int = 0
-    """Kept rounds left out of these figures: the runners together ran more than
-    `max_round_slowdown` over their fastest rounds (a slow stretch of the machine)."""
+    """Kept rounds left out of these figures: the runner's median ran more than
+    `max_round_slowdown` over its fastest round (a slow stretch)."""
     round_p50_iqr_ms: float | None = None
     round_p50_range_ms: list[float] = field(default_factory=list)
     machine_probe_ms: float | None = None

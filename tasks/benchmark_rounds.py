@@ -109,12 +109,12 @@ def benchmark_interleaved(
     size in turn, in an order balanced for carry-over (`round_order`); each turn starts with a few
     untimed calls (`round_warmup_seconds`). A small matmul timed before and after each round
     tells whether the machine ran in its slow state. A runner's p50 is the median of
-    its per-round medians over the kept rounds the machine ran at full speed (spoiled rounds
-    are left out when enough clean ones remain, and extra rounds run while too few are clean;
-    of the kept rounds, those in which the runners together ran slow are left out for every
-    runner alike: `full_speed_rounds`, `BenchmarkSettings`); the spread of those medians (IQR;
-    min and max over every kept round), the counts of kept, spoiled and slow rounds and the
-    kept rounds' median probe go in its report.
+    its per-round medians over the kept rounds it ran at full speed (spoiled rounds are left
+    out when enough clean ones remain, and extra rounds run while too few are clean; of the
+    kept rounds, those more than `max_round_slowdown` over the runner's fastest count as slow:
+    `full_speed_rounds`, `BenchmarkSettings`); the spread of those medians (IQR; min and max
+    over every kept round), the counts of kept, spoiled and slow rounds and the kept rounds'
+    median probe go in its report.
 
     Args:
         runners: name -> loaded runner (variants and, e.g., the current champion).
@@ -147,13 +147,10 @@ def benchmark_interleaved(
     spoiled = sum(1 for r in rounds if r.spoiled_by)
     kept_clean = not any(rounds[i].spoiled_by for i in kept)
     probe = float(np.median([rounds[i].probe_ms for i in kept]))
-    medians = {key: [_median_ms(per_round[key][i]) for i in kept] for key in keys}
-    fast = full_speed_rounds(list(medians.values()), settings)
     reports: dict[str, dict[int, LatencyReport]] = {name: {} for name in runners}
     for name, size in keys:
         reports[name][size] = _summarise_rounds(
             [per_round[(name, size)][i] for i in kept],
-            fast,
             batch_size=size,
             stop_reason=stop_reason,
             warmup_calls=warmups[(name, size)],
@@ -369,34 +366,24 @@ def _median_ms(calls_ns: Sequence[int]) -> float:
     return float(np.median(calls_ns)) / NS_PER_MS
 
 
-def full_speed_rounds(
-    medians_by_runner: Sequence[Sequence[float]], settings: BenchmarkSettings
-) -> list[int]:
-    """Positions of the rounds the machine ran at full speed, chosen once for every runner.
+def full_speed_rounds(medians: Sequence[float], settings: BenchmarkSettings) -> list[int]:
+    """Positions of the round medians within `max_round_slowdown` of the fastest: the rounds a
+    runner ran at full speed.
 
-    Each runner's round medians are divided by its fastest; a round's slowdown is the median of
-    those over the runners. The rounds within `max_round_slowdown` of the least slowed round are
-    at full speed, and at least `min_clean_rounds` of the least slowed are taken. Every runner's
-    figures then come from the same rounds: two runners of the same model get the same p50 up
-    to the noise of a round, where choosing each runner's own fastest rounds let one lucky round
-    decide (the same model measured twice in one benchmark differed by up to 25% on a 2-core VM
-    that way).
+    Chosen per runner: on a 2-core VM the slow rounds are mostly the runner's own (the thread
+    pools and caches the runner before it left, which the balanced order spreads but does not
+    remove), not the machine's. Chosen once for all runners, by the median slowdown over the
+    runners, the demo's INT8 model measured 0.157 ms against 0.096-0.100 ms in two other
+    processes, its own fastest rounds having been left out as the others ran slow in them.
     """
-    if not medians_by_runner or not medians_by_runner[0]:
+    if not medians:
         return []
-    count = len(medians_by_runner[0])
-    relative = [[value / min(medians) for value in medians] for medians in medians_by_runner]
-    slowdown = [float(np.median([row[i] for row in relative])) for i in range(count)]
-    limit = (1 + settings.max_round_slowdown) * min(slowdown)
-    fast = [i for i in range(count) if slowdown[i] <= limit]
-    if len(fast) < settings.min_clean_rounds:
-        fast = sorted(sorted(range(count), key=slowdown.__getitem__)[: settings.min_clean_rounds])
-    return fast
+    limit = (1 + settings.max_round_slowdown) * min(medians)
+    return [i for i, value in enumerate(medians) if value <= limit]
 
 
 def _summarise_rounds(
     rounds_ns: list[list[int]],
-    fast: list[int],
     *,
     batch_size: int,
     stop_reason: str,
@@ -407,7 +394,7 @@ def _summarise_rounds(
     probe_ms: float,
     settings: BenchmarkSettings,
 ) -> LatencyReport:
-    """The report from the kept rounds at positions `fast` (`full_speed_rounds`): p50 = median
+    """The report from the kept rounds at full speed (`full_speed_rounds`): p50 = median
     of their per-round medians; the other statistics from their calls. The range and
     `window_p50_ms` cover every kept round, slow ones included, so runners measured in the same
     rounds can be compared round by round.
@@ -416,6 +403,7 @@ def _summarise_rounds(
     the IQR of their medians is within `stability_tolerance` of the p50.
     """
     all_medians = [_median_ms(calls) for calls in rounds_ns]
+    fast = full_speed_rounds(all_medians, settings)
     medians = np.asarray([all_medians[i] for i in fast], dtype=np.float64)
     ms = np.concatenate([np.asarray(rounds_ns[i], dtype=np.float64) for i in fast]) / NS_PER_MS
     p50 = float(np.median(medians))

@@ -54,11 +54,10 @@ class VariantSummary:
     baseline. Latencies are milliseconds at batch 1, `throughput` samples/s at the best batch
     size. They come from one interleaved benchmark per lane: a p50 is the median of the
     per-round medians at full speed, `round_p50_iqr_ms` their spread at batch 1, `rounds_spoiled`
-    the rounds the machine's contention or slow state spoiled, `rounds_slow` the kept rounds the
-    variants together ran more than `BenchmarkSettings.max_round_slowdown` over their fastest
-    (left out of every variant's figures), and `machine_probe_ms` the machine-speed probe over
-    the kept rounds (`tasks.machine_speed`: two runs whose probes differ ran at different machine
-    speeds).
+    the rounds the machine's contention or slow state spoiled, `rounds_slow` the kept rounds this
+    variant ran more than `BenchmarkSettings.max_round_slowdown` over its fastest (left out of its
+    figures), and `machine_probe_ms` the machine-speed probe over the kept rounds
+    (`tasks.machine_speed`: two runs whose probes differ ran at different machine speeds).
     `champion_in_rounds` holds the current champion's figures measured in the same rounds, when it
     runs on the variant's lane. `split` describes ops kept in TensorFlow in front of a converted
     core, if any (`tf_ops`, `boundary`, `prefix_share` of the latency). `verdict` is set by the

@@ -62,8 +62,8 @@ def measurement_text(summaries: list[VariantSummary]) -> str:
     slow = max(s.rounds_slow or 0 for s in measured)
     if slow:
         text += (
-            f"; {slow} more left out of the figures as the variants together ran over "
-            f"{BenchmarkSettings.max_round_slowdown:.0%} slower than in their fastest rounds"
+            f"; up to {slow} more left out of a variant's figures as it ran over "
+            f"{BenchmarkSettings.max_round_slowdown:.0%} slower than its fastest round"
         )
     if spreads:
         text += f"; round-to-round spread (IQR of the round p50s) up to {max(spreads):.0%} of p50"

@@ -161,30 +161,52 @@ def test_interleaved_drift_hits_every_runner_alike(
 def test_full_speed_rounds_are_those_within_the_slowdown_of_the_fastest() -> None:
     settings = BenchmarkSettings(max_round_slowdown=0.05, min_clean_rounds=3)
     medians = [0.1496, 0.0968, 0.1089, 0.0972, 0.1010, 0.0965]
-    assert benchmark_rounds.full_speed_rounds([medians], settings) == [1, 3, 4, 5]
+    assert benchmark_rounds.full_speed_rounds(medians, settings) == [1, 3, 4, 5]
     twice = [2 * value for value in medians]  # a slower runner, the same drift
-    assert benchmark_rounds.full_speed_rounds([medians, twice], settings) == [1, 3, 4, 5]
+    assert benchmark_rounds.full_speed_rounds(twice, settings) == [1, 3, 4, 5]
     wide = BenchmarkSettings(max_round_slowdown=0.6)
-    assert benchmark_rounds.full_speed_rounds([medians], wide) == [0, 1, 2, 3, 4, 5]
+    assert benchmark_rounds.full_speed_rounds(medians, wide) == [0, 1, 2, 3, 4, 5]
     assert benchmark_rounds.full_speed_rounds([], settings) == []
 
 
-def test_full_speed_rounds_are_at_least_the_fewest_clean_rounds() -> None:
-    """One round far faster than the rest: the three least slowed rounds, not that one alone."""
+def test_full_speed_rounds_are_chosen_per_runner() -> None:
+    """Two runners slowed in different rounds (by what ran before them, not the machine): each
+    keeps its own fast rounds, so neither figure carries the other's slow rounds."""
     settings = BenchmarkSettings(max_round_slowdown=0.05, min_clean_rounds=3)
-    assert benchmark_rounds.full_speed_rounds([[1.0, 2.0, 3.0, 4.0]], settings) == [0, 1, 2]
+    first = [0.100, 0.150, 0.101, 0.160, 0.099]
+    second = [0.300, 0.200, 0.310, 0.201, 0.290]
+    assert benchmark_rounds.full_speed_rounds(first, settings) == [0, 2, 4]
+    assert benchmark_rounds.full_speed_rounds(second, settings) == [1, 3]
 
 
-def test_full_speed_rounds_are_chosen_once_for_every_runner() -> None:
-    """The same model measured twice: one copy had a lucky round 1, the other an unlucky one.
-    Chosen per runner, the lucky round alone would give the first copy 0.080 ms and the second
-    0.100 ms; chosen together, both get their medians over the same rounds: 0.100 ms each."""
-    settings = BenchmarkSettings(max_round_slowdown=0.05, min_clean_rounds=3)
-    first = [0.100, 0.080, 0.100, 0.100, 0.130]
-    second = [0.100, 0.120, 0.100, 0.100, 0.130]
-    fast = benchmark_rounds.full_speed_rounds([first, second], settings)
-    assert fast == [0, 1, 2, 3]
-    assert np.median([first[i] for i in fast]) == np.median([second[i] for i in fast]) == 0.100
+def test_interleaved_figures_rest_on_each_runners_own_fast_rounds(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    """Runner a runs 1.5x slow in rounds 1 and 3, runner b in rounds 0, 2 and 4 (slowed by what
+    ran before it, not by the machine): each p50 is its full-speed latency."""
+    drifts = {
+        "a": SharedDrift([1.0, 1.5, 1.0, 1.5, 1.0]),
+        "b": SharedDrift([1.5, 1.0, 1.5, 1.0, 1.5]),
+    }
+    runners = {
+        n: DriftRunner(n, clock, base, drifts[n], []) for n, base in (("a", 1.0), ("b", 2.0))
+    }
+    original = contention.sample
+
+    def round_aware_sample() -> contention.CpuSample:
+        sampled = original()
+        if sampled.wall_s % 10 == 0:
+            for drift in drifts.values():
+                drift.round += 1
+        return sampled
+
+    monkeypatch.setattr(contention, "sample", round_aware_sample)
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS).reports
+    a, b = reports["a"][1], reports["b"][1]
+    assert (a.p50_ms, b.p50_ms) == pytest.approx((1.0, 2.0))
+    assert (a.rounds_kept, a.rounds_slow, b.rounds_kept, b.rounds_slow) == (3, 2, 2, 3)
+    assert a.stable and not b.stable  # b has 2 full-speed rounds, fewer than min_clean_rounds
+    assert b.window_p50_ms == pytest.approx([3.0, 2.0, 3.0, 2.0, 3.0])
 
 
 def test_interleaved_leaves_out_spoiled_rounds(
@@ -263,9 +285,8 @@ def test_interleaved_keeps_every_round_when_too_few_are_clean(
     assert result.kept == [0, 1, 2, 3, 4]
     assert "load/CPU 3.00 > 1.50" in result.rounds[0].spoiled_by
     report = result.reports["a"][1]
-    # of the kept rounds the two at full speed and, to make three, the least slowed other one
-    assert report.p50_ms == pytest.approx(1.0)
-    assert (report.rounds_kept, report.rounds_slow, report.rounds_spoiled) == (3, 2, 3)
+    assert report.p50_ms == pytest.approx(1.0)  # of the kept rounds, the two at full speed
+    assert (report.rounds_kept, report.rounds_slow, report.rounds_spoiled) == (2, 3, 3)
     assert not report.stable
 
 

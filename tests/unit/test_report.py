@@ -402,8 +402,8 @@ def test_the_measurement_line_says_rounds_spread_and_champion() -> None:
     assert measurement_text(rows) == (
         "one interleaved benchmark per lane, 6 rounds kept, "
         "1 spoiled by CPU steal, load or the machine's slow state; "
-        "2 more left out of the figures as the variants together ran over 5% slower than in "
-        "their fastest rounds; round-to-round spread (IQR of the round p50s) up to 10% of p50; "
+        "up to 2 more left out of a variant's figures as it ran over 5% slower than its "
+        "fastest round; round-to-round spread (IQR of the round p50s) up to 10% of p50; "
         "machine-speed probe 0.561 ms over the kept rounds; "
         "champion v3 (tflite:int8) in the same rounds: p50 1.23 ms"
     )
