@@ -6,7 +6,8 @@ Against the local stack (`source .stack/stack.env` first; `make bench-series` do
 
 Runs `python -m bench.run` `--runs` times, one after another, each in a fresh process and into
 its own folder (`OUT_DIR/run1`, ...), then prints every target's figure in each run as a
-Markdown table (the README's form) and whether every target held in every run. Writes
+Markdown table (the README's form), each real-size network's peer table from the last run,
+and whether every target held in every run. Writes
 `OUT_DIR/series.md` and `OUT_DIR/series.json`. A run that fails ends the series: the runs
 after it would not be consecutive. `--report-only` rebuilds the table from the runs' saved
 `bench.json` files.
@@ -105,6 +106,56 @@ def series_table(documents: list[dict[str, Any]]) -> tuple[str, bool]:
     return "\n".join(lines), held
 
 
+def peers_markdown(network: dict[str, Any], run: int) -> str:
+    """One real-size network's variants and peers as a Markdown table, with its headline."""
+    rows = network["rows"]
+    order = [n for n in rows if rows[n]["kind"] == "tfopt"]
+    order += [n for n in rows if rows[n]["kind"] == "peer"]
+    interval = network.get("speed_vs_best_peer_interval95")
+    ratio = network.get("speed_vs_best_peer")
+    head = (
+        f"{network['model']} ({network['params'] / 1e6:.1f} M parameters, "
+        f"{network['flops'] / 1e9:.2f} GFLOP/image), run {run}; tfopt's choice "
+        f"{network.get('chosen')} vs {network.get('best_peer')}: "
+        + (f"{ratio:.3f}x head to head" if ratio is not None else "no ratio")
+        + (f" (95% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+        + (", the same outputs bit for bit" if network.get("same_outputs") else "")
+        + f"; {len(network['rounds']['kept'])} of {network['rounds']['rounds']} rounds kept:"
+    )
+    lines = [
+        head,
+        "",
+        "| variant | p50 ms | min-max of the kept round medians | rounds at full speed "
+        "| fidelity cosine | gate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in order:
+        row = rows[name]
+        lat, fid = row.get("latency") or {}, row.get("fidelity") or {}
+        if row["status"] != "OK":
+            lines.append(f"| {name} | {row['status']} | - | - | - | - |")
+            continue
+        spread = lat.get("round_p50_range_ms") or []
+        kept = lat.get("rounds_kept")
+        label = name + (
+            " (tfopt's choice)"
+            if name == network.get("chosen")
+            else " (best peer)"
+            if name == network.get("best_peer")
+            else ""
+        )
+        cells = [
+            label,
+            f"{lat['p50_ms']:.3g}",
+            f"{spread[0]:.3g}-{spread[1]:.3g}" if spread else "-",
+            f"{kept} of {kept + (lat.get('rounds_slow') or 0)}" if kept is not None else "-",
+            f"{fid['cosine']:.4f}" if fid.get("cosine") is not None else "-",
+            {True: "pass", False: "fail"}.get(row.get("passed"), "-"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine_line(documents: list[dict[str, Any]]) -> str:
     """The machine, commit-independent facts and each run's wall time, for the table's caption."""
     first = documents[0]["machine"]
@@ -135,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"not every target held in {args.runs} consecutive runs"
         + ("" if complete else f" ({len(documents)} completed)")
     )
-    text = f"{machine_line(documents)}\n\n{table}\n\n{verdict}\n"
+    peers = [peers_markdown(n, len(documents)) for n in documents[-1].get("realsize") or []]
+    text = "\n\n".join([machine_line(documents), table, *peers, verdict]) + "\n"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "series.md").write_text(text)
     (args.out_dir / "series.json").write_text(

@@ -68,3 +68,49 @@ def test_report_only_tables_the_saved_runs_and_exits_nonzero_on_a_miss(
     assert "not every target held in 3 consecutive runs (2 completed)" in out
     assert (tmp_path / "series.md").read_text() == out.rstrip("\n") + "\n"
     assert json.loads((tmp_path / "series.json").read_text())["held"] is False
+
+
+def test_the_peer_table_marks_the_choice_and_the_best_peer_and_says_what_was_skipped() -> None:
+    latency = {"p50_ms": 13.6, "round_p50_range_ms": [12.6, 13.61], "rounds_kept": 3}
+    network = {
+        "model": "resnet50",
+        "params": 25.6e6,
+        "flops": 7.76e9,
+        "chosen": "tflite:dynamic",
+        "best_peer": "peer:litert-dynamic-range",
+        "speed_vs_best_peer": 1.006,
+        "speed_vs_best_peer_interval95": [0.98, 1.031],
+        "same_outputs": True,
+        "rounds": {"rounds": 7, "kept": [0, 3, 5]},
+        "rows": {
+            "tflite:dynamic": {
+                "kind": "tfopt",
+                "status": "OK",
+                "latency": latency,
+                "fidelity": {"cosine": 0.99181},
+                "passed": True,
+            },
+            "openvino:bf16": {"kind": "tfopt", "status": "SKIPPED"},
+            "peer:litert-dynamic-range": {
+                "kind": "peer",
+                "status": "OK",
+                "latency": {**latency, "p50_ms": 14.2, "rounds_slow": 2},
+                "fidelity": {"cosine": 0.99181},
+                "passed": True,
+            },
+        },
+    }
+    lines = series.peers_markdown(network, 3).splitlines()
+    assert lines[0] == (
+        "resnet50 (25.6 M parameters, 7.76 GFLOP/image), run 3; tfopt's choice tflite:dynamic "
+        "vs peer:litert-dynamic-range: 1.006x head to head (95% interval 0.980-1.031), the same "
+        "outputs bit for bit; 3 of 7 rounds kept:"
+    )
+    assert (
+        lines[4]
+        == "| tflite:dynamic (tfopt's choice) | 13.6 | 12.6-13.6 | 3 of 3 | 0.9918 | pass |"
+    )
+    assert lines[5] == "| openvino:bf16 | SKIPPED | - | - | - | - |"
+    assert lines[6].startswith(
+        "| peer:litert-dynamic-range (best peer) | 14.2 | 12.6-13.6 | 3 of 5 |"
+    )
