@@ -102,7 +102,7 @@ def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str
         _ms(lat.get("p50_ms")),
         _fmt(lat.get("round_p50_iqr_ms"), ".3f"),
         "-" if not spread else f"{_ms(spread[0])}-{_ms(spread[1])}",
-        _full_speed(lat),
+        full_speed(lat),
         _fmt(fid.get("cosine"), ".4f"),
         _fmt(fid.get("agreement"), ".2f"),
         _fmt(fid.get("max_abs_error"), ".3g"),
@@ -113,11 +113,11 @@ def _peer_cells(name: str, row: dict[str, Any], eff: dict[str, Any]) -> list[str
     ]
 
 
-def _full_speed(lat: dict[str, Any]) -> str:
+def full_speed(lat: dict[str, Any], joiner: str = "/") -> str:
     """`a/b`: a of the b kept rounds ran at full speed (the p50's rounds)."""
     if lat.get("rounds_kept") is None:
         return "-"
-    return f"{lat['rounds_kept']}/{lat['rounds_kept'] + (lat.get('rounds_slow') or 0)}"
+    return f"{lat['rounds_kept']}{joiner}{lat['rounds_kept'] + (lat.get('rounds_slow') or 0)}"
 
 
 def _round_range(per_round: list[float] | None) -> str:
@@ -135,12 +135,18 @@ def _interval(interval: list[float] | None) -> str:
     return f", 95% interval {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
 
 
+def peer_order(rows: dict[str, Any]) -> list[str]:
+    """A network's runner names: tfopt's variants first, then the peers."""
+    return [n for n in rows if rows[n]["kind"] == "tfopt"] + [
+        n for n in rows if rows[n]["kind"] == "peer"
+    ]
+
+
 def peers_table(network: dict[str, Any]) -> str:
     """One real-size network: tfopt's variants, then the peers, all measured in one run."""
     eff = network["efficiency"]["by_variant"]
     rows = network["rows"]
-    order = [n for n in rows if rows[n]["kind"] == "tfopt"]
-    order += [n for n in rows if rows[n]["kind"] == "peer"]
+    order = peer_order(rows)
     body = [_peer_cells(name, rows[name], eff) for name in order]
     rounds = network["rounds"]
     ratio = network.get("speed_vs_best_peer")

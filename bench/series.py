@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.orchestration import REPO, child_env
+from bench.render import full_speed, peer_order
 from tasks.hardware import isa_label
 
 _VARIANT_QUALIFIER = re.compile(r"^(?P<base>.*?)(?: \((?P<what>[a-z0-9_]+:[a-z0-9_]+)\))?$")
@@ -109,8 +110,6 @@ def series_table(documents: list[dict[str, Any]]) -> tuple[str, bool]:
 def peers_markdown(network: dict[str, Any], run: int) -> str:
     """One real-size network's variants and peers as a Markdown table, with its headline."""
     rows = network["rows"]
-    order = [n for n in rows if rows[n]["kind"] == "tfopt"]
-    order += [n for n in rows if rows[n]["kind"] == "peer"]
     interval = network.get("speed_vs_best_peer_interval95")
     ratio = network.get("speed_vs_best_peer")
     head = (
@@ -129,14 +128,13 @@ def peers_markdown(network: dict[str, Any], run: int) -> str:
         "| fidelity cosine | gate |",
         "|---|---|---|---|---|---|",
     ]
-    for name in order:
+    for name in peer_order(rows):
         row = rows[name]
         lat, fid = row.get("latency") or {}, row.get("fidelity") or {}
         if row["status"] != "OK":
             lines.append(f"| {name} | {row['status']} | - | - | - | - |")
             continue
         spread = lat.get("round_p50_range_ms") or []
-        kept = lat.get("rounds_kept")
         label = name + (
             " (tfopt's choice)"
             if name == network.get("chosen")
@@ -148,7 +146,7 @@ def peers_markdown(network: dict[str, Any], run: int) -> str:
             label,
             f"{lat['p50_ms']:.3g}",
             f"{spread[0]:.3g}-{spread[1]:.3g}" if spread else "-",
-            f"{kept} of {kept + (lat.get('rounds_slow') or 0)}" if kept is not None else "-",
+            full_speed(lat, " of "),
             f"{fid['cosine']:.4f}" if fid.get("cosine") is not None else "-",
             {True: "pass", False: "fail"}.get(row.get("passed"), "-"),
         ]
