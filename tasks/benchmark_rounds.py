@@ -240,8 +240,7 @@ def _run_rounds(
     """The timed rounds; per (runner, size) one list of call ns per round.
 
     `settings.rounds` rounds, then extra ones (up to `max_extra_rounds`) while fewer than
-    `min_clean_rounds` are clean or a runner ran fewer than `min_clean_rounds` of the clean ones
-    at full speed (`full_speed_rounds`); all within the time budget.
+    `min_clean_rounds` are clean; all within the time budget.
     """
     names = list(runners)
     index = dict(next_index)
@@ -251,8 +250,7 @@ def _run_rounds(
     rounds: list[RoundRecord] = []
     stop_reason = "rounds"
     probe = machine_speed.probe_ms()
-    why = "planned"
-    while why:
+    while _wants_round(rounds, settings):
         number = len(rounds)
         order = round_order(names, number)
 
@@ -275,13 +273,12 @@ def _run_rounds(
             "round %d/%d%s done after %.1f s: probe %.3f ms, %s",
             number + 1,
             settings.rounds,
-            "" if why == "planned" else f" (extra: {why})",
+            " (extra: too few clean rounds)" if number >= settings.rounds else "",
             (_now() - began) / 1e9,
             rounds[-1].probe_ms,
             rounds[-1].spoiled_by or "clean",
         )
-        why = _wants_round(rounds, per_round, settings)
-        if why and _now() - began >= budget:
+        if _now() - began >= budget and _wants_round(rounds, settings):
             stop_reason = "time_bound"
             break
     return per_round, rounds, stop_reason
@@ -324,26 +321,15 @@ def observed_round(
     return RoundRecord(index, order, seen, (probe_before, machine_speed.probe_ms())), result
 
 
-def _wants_round(
-    rounds: list[RoundRecord],
-    per_round: Mapping[tuple[str, int], list[list[int]]],
-    settings: BenchmarkSettings,
-) -> str:
-    """Why another round is wanted ("" when none is): the planned ones are not all done; or
-    extra rounds are left and too few rounds are clean, or a runner ran too few of the clean
-    ones at full speed (its figures would rest on one or two rounds)."""
+def _wants_round(rounds: list[RoundRecord], settings: BenchmarkSettings) -> bool:
+    """Another round: the planned ones are not all done, or too few are clean and extra rounds
+    are left."""
     if len(rounds) < settings.rounds:
-        return "planned"
-    if len(rounds) >= settings.rounds + settings.max_extra_rounds:
-        return ""
-    clean = [r.index for r in rounds if not r.spoiled_by]
-    if len(clean) < settings.min_clean_rounds:
-        return "too few clean rounds"
-    for (name, _), calls in per_round.items():
-        medians = [_median_ms(calls[i]) for i in clean]
-        if len(full_speed_rounds(medians, settings)) < settings.min_clean_rounds:
-            return f"{name} ran too few clean rounds at full speed"
-    return ""
+        return True
+    clean = sum(1 for r in rounds if not r.spoiled_by)
+    return clean < settings.min_clean_rounds and len(rounds) < (
+        settings.rounds + settings.max_extra_rounds
+    )
 
 
 def _round_calls(

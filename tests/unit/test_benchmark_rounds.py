@@ -179,12 +179,17 @@ def test_full_speed_rounds_are_chosen_per_runner() -> None:
     assert benchmark_rounds.full_speed_rounds(second, settings) == [1, 3]
 
 
-def _own_drift_runners(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> dict:
+def test_interleaved_figures_rest_on_each_runners_own_fast_rounds(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
     """Runner a runs 1.5x slow in rounds 1 and 3, runner b in rounds 0, 2 and 4 (slowed by what
-    ran before it, not by the machine); both at full speed from round 5 on."""
+    ran before it, not by the machine): each p50 is its full-speed latency."""
     drifts = {
-        "a": SharedDrift([1.0, 1.5, 1.0, 1.5, 1.0] + [1.0] * 6),
-        "b": SharedDrift([1.5, 1.0, 1.5, 1.0, 1.5] + [1.0] * 6),
+        "a": SharedDrift([1.0, 1.5, 1.0, 1.5, 1.0]),
+        "b": SharedDrift([1.5, 1.0, 1.5, 1.0, 1.5]),
+    }
+    runners = {
+        n: DriftRunner(n, clock, base, drifts[n], []) for n, base in (("a", 1.0), ("b", 2.0))
     }
     original = contention.sample
 
@@ -196,34 +201,12 @@ def _own_drift_runners(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> dic
         return sampled
 
     monkeypatch.setattr(contention, "sample", round_aware_sample)
-    return {n: DriftRunner(n, clock, base, drifts[n], []) for n, base in (("a", 1.0), ("b", 2.0))}
-
-
-def test_interleaved_figures_rest_on_each_runners_own_fast_rounds(
-    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
-) -> None:
-    """Each p50 is the runner's full-speed latency; b ran only 2 of the 5 planned rounds at full
-    speed, so one extra round runs and gives it a third."""
-    runners = _own_drift_runners(monkeypatch, clock)
-    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
-    a, b = result.reports["a"][1], result.reports["b"][1]
-    assert len(result.rounds) == 6
+    reports = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS).reports
+    a, b = reports["a"][1], reports["b"][1]
     assert (a.p50_ms, b.p50_ms) == pytest.approx((1.0, 2.0))
-    assert (a.rounds_kept, a.rounds_slow, b.rounds_kept, b.rounds_slow) == (4, 2, 3, 3)
-    assert a.stable and b.stable
-    assert b.window_p50_ms == pytest.approx([3.0, 2.0, 3.0, 2.0, 3.0, 2.0])
-
-
-def test_a_runner_short_of_full_speed_rounds_is_unstable_without_extra_rounds(
-    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
-) -> None:
-    settings = BenchmarkSettings(**{**ROUNDS.__dict__, "max_extra_rounds": 0})
-    runners = _own_drift_runners(monkeypatch, clock)
-    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
-    b = result.reports["b"][1]
-    assert len(result.rounds) == 5
-    assert (b.p50_ms, b.rounds_kept, b.rounds_slow) == (pytest.approx(2.0), 2, 3)
-    assert not b.stable  # fewer than min_clean_rounds at full speed
+    assert (a.rounds_kept, a.rounds_slow, b.rounds_kept, b.rounds_slow) == (3, 2, 2, 3)
+    assert a.stable and not b.stable  # b has 2 full-speed rounds, fewer than min_clean_rounds
+    assert b.window_p50_ms == pytest.approx([3.0, 2.0, 3.0, 2.0, 3.0])
 
 
 def test_interleaved_leaves_out_spoiled_rounds(
