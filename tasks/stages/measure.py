@@ -115,8 +115,7 @@ def benchmark_stage(
     conversions: list[StageResult],
     data: StageResult,
 ) -> list[StageResult]:
-    """Measure every converted variant of `lane` in one interleaved benchmark, in a fresh
-    process (`tasks.fresh_process`).
+    """Measure every converted variant of `lane` in one interleaved benchmark.
 
     Every variant whose conversion is OK is loaded and measured in the same rounds, beside the
     registered model's current champion when it runs on this lane (its figures go in each
@@ -133,7 +132,7 @@ def benchmark_stage(
         done = _published(uri, "benchmark", LANE_PREFIX + lane, config=config, ctx=ctx)
         if done is None:
             try:
-                done = _measure_lane(config, ctx, lane, uri, measurable, data)
+                done = _benchmark_lane(config, ctx, lane, uri, measurable, data)
             except Exception as exc:  # noqa: BLE001 - every variant of the lane FAILED
                 variants = [c.variant for c in measurable]
                 blamed = BASELINE if BASELINE in variants else variants[0]
@@ -145,16 +144,6 @@ def benchmark_stage(
     return [
         results[c.variant] if c.variant in results else _not_ok("benchmark", c) for c in conversions
     ]
-
-
-def _measure_lane(*args: Any) -> StageResult:
-    """`_benchmark_lane`, in a fresh process unless `TFOPT_BENCHMARK_PROCESS=same`
-    (`tasks.fresh_process`: what ran before in this process does not sway the figures)."""
-    from tasks import fresh_process
-
-    if fresh_process.wanted():
-        return fresh_process.call(_benchmark_lane, *args)
-    return _benchmark_lane(*args)
 
 
 def _benchmark_lane(

@@ -225,7 +225,6 @@ def test_a_variant_that_throws_in_benchmark_is_failed_and_the_run_goes_on(
         return real(runner, *args, **kwargs)
 
     monkeypatch.setattr(benchmark_rounds, "_round_calls", round_calls)
-    monkeypatch.setenv("TFOPT_BENCHMARK_PROCESS", "same")  # the patch lives in this process
     results = optimize(_config(tiny_bundle, model_name, "tf:fp32,tflite:fp32,tflite:fp16"))
 
     rows = _by_variant(results)
