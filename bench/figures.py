@@ -196,6 +196,11 @@ def _repeatability_note(repeat: dict[str, Any] | None) -> str:
         note += f"; machine-speed probe {cli:.3f} ms (CLI) vs {dag:.3f} ms (DAG)"
         if abs(dag / cli - 1) > BenchmarkSettings.max_probe_slowdown:
             note += ": the runs measured at different machine speeds"
+    if repeat and repeat.get("same_rounds_ratio"):
+        note += (
+            f"; in the DAG run's rounds, its variant / the CLI run's registered copy "
+            f"{repeat['same_rounds_ratio']:.3f}x"
+        )
     return note
 
 

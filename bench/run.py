@@ -183,19 +183,28 @@ def harness_vs_tool(run: dict[str, Any], threads: int, work: Path) -> list[dict]
 def repeatability(first: list[dict], second: list[dict]) -> list[dict[str, Any]]:
     """p50 at batch 1 of each variant in the second run divided by the first run's, beside the
     two runs' machine-speed probes (a probe ratio far from 1: the runs measured at different
-    machine speeds)."""
+    machine speeds) and, for the variant the first run registered as champion, the second run's
+    p50 divided by that champion's p50 measured in the same rounds (`same_rounds_ratio`: the
+    same model measured twice with the machine's drift taken out)."""
     again = {row["variant"]: row for row in second}
     out = []
     for row in first:
         other = again.get(row["variant"])
         if row["status"] != "OK" or not other or other["status"] != "OK":
             continue
+        champion = other.get("champion_in_rounds") or {}
+        same_rounds = (
+            other["p50_ms"] / champion["p50_ms"]
+            if champion.get("variant") == row["variant"] and champion.get("p50_ms")
+            else None
+        )
         out.append(
             {
                 "variant": row["variant"],
                 "p50_ms_run1": row["p50_ms"],
                 "p50_ms_run2": other["p50_ms"],
                 "ratio": other["p50_ms"] / row["p50_ms"],
+                "same_rounds_ratio": same_rounds,
                 "machine_probe_ms_run1": row.get("machine_probe_ms"),
                 "machine_probe_ms_run2": other.get("machine_probe_ms"),
             }

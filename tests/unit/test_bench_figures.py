@@ -7,6 +7,7 @@ import pytest
 
 from bench import figures, peers, render
 from bench.peers import headline
+from bench.run import repeatability
 
 pytestmark = pytest.mark.unit
 
@@ -222,3 +223,20 @@ def test_repeatability_note_says_when_the_runs_measured_at_different_machine_spe
     )
     assert figures._repeatability_note(None) == "DAG run / CLI run"
     assert figures._repeatability_note({"machine_probe_ms_run1": None}) == "DAG run / CLI run"
+
+
+def test_repeatability_holds_the_champion_measured_in_the_second_runs_rounds() -> None:
+    cli = [{"variant": "tflite:int8", "status": "OK", "p50_ms": 0.116}]
+    champion = {"variant": "tflite:int8", "version": "1", "p50_ms": 0.096}
+    dag = [
+        {"variant": "tflite:int8", "status": "OK", "p50_ms": 0.098, "champion_in_rounds": champion}
+    ]
+    (row,) = repeatability(cli, dag)
+    assert row["ratio"] == pytest.approx(0.098 / 0.116)
+    assert row["same_rounds_ratio"] == pytest.approx(0.098 / 0.096)
+    assert figures._repeatability_note(row).endswith(
+        "in the DAG run's rounds, its variant / the CLI run's registered copy 1.021x"
+    )
+    other = {**champion, "variant": "tflite:fp16"}  # another model: no same-rounds figure
+    (row,) = repeatability(cli, [{**dag[0], "champion_in_rounds": other}])
+    assert row["same_rounds_ratio"] is None
