@@ -178,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     documents = [json.loads(p.read_text()) for p in paths]
     table, held = series_table(documents)
     complete = len(documents) == args.runs
+    runs = "the run" if args.runs == 1 else f"{args.runs} consecutive runs"
     verdict = (
-        f"every target held in all {args.runs} consecutive runs"
+        f"every target held in {'' if args.runs == 1 else 'all '}{runs}"
         if held and complete
-        else f"not every target held in {args.runs} consecutive runs"
+        else f"not every target held in {runs}"
         + ("" if complete else f" ({len(documents)} completed)")
     )
     peers = [peers_markdown(n, len(documents)) for n in documents[-1].get("realsize") or []]

@@ -114,3 +114,16 @@ def test_the_peer_table_marks_the_choice_and_the_best_peer_and_says_what_was_ski
     assert lines[6].startswith(
         "| peer:litert-dynamic-range (best peer) | 14.2 | 12.6-13.6 | 3 of 5 |"
     )
+
+
+def test_a_series_of_one_run_says_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "run1"
+    folder.mkdir()
+    (folder / "bench.json").write_text(json.dumps(_document("tflite:fp16", 1.01, True)))
+    code = series.main(["--report-only", "--runs", "1", "--out-dir", str(tmp_path)])
+    assert (code, capsys.readouterr().out.rstrip().splitlines()[-1]) == (
+        0,
+        "every target held in the run",
+    )
