@@ -54,7 +54,8 @@ class BenchmarkSettings:
     when the machine ran slow: a small matmul timed before and after every round
     (`tasks.machine_speed`) ran more than `max_probe_slowdown` over the fastest such probe of
     the benchmark. Spoiled rounds are left out when at least `min_clean_rounds` clean ones
-    remain; while fewer are clean, up to `max_extra_rounds` more rounds run. The rounds stop
+    remain; while fewer are clean and some runner's round medians spread more than
+    `stability_tolerance` (IQR / median), up to `max_extra_rounds` more rounds run. The rounds stop
     early once `max_seconds` per (runner, batch size) has been spent in all. Of the kept rounds,
     a runner's figures come from those whose median lies within `max_round_slowdown` of its
     fastest round: a VM runs in stretches at full speed, where a runner's round medians agree

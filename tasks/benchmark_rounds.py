@@ -240,7 +240,8 @@ def _run_rounds(
     """The timed rounds; per (runner, size) one list of call ns per round.
 
     `settings.rounds` rounds, then extra ones (up to `max_extra_rounds`) while fewer than
-    `min_clean_rounds` are clean; all within the time budget.
+    `min_clean_rounds` are clean and the runners' round medians disagree (`_wants_round`); all
+    within the time budget.
     """
     names = list(runners)
     index = dict(next_index)
@@ -250,7 +251,7 @@ def _run_rounds(
     rounds: list[RoundRecord] = []
     stop_reason = "rounds"
     probe = machine_speed.probe_ms()
-    while _wants_round(rounds, settings):
+    while _wants_round(rounds, settings, per_round):
         number = len(rounds)
         order = round_order(names, number)
 
@@ -273,12 +274,14 @@ def _run_rounds(
             "round %d/%d%s done after %.1f s: probe %.3f ms, %s",
             number + 1,
             settings.rounds,
-            " (extra: too few clean rounds)" if number >= settings.rounds else "",
+            " (extra: too few clean rounds, round medians spread)"
+            if number >= settings.rounds
+            else "",
             (_now() - began) / 1e9,
             rounds[-1].probe_ms,
             rounds[-1].spoiled_by or "clean",
         )
-        if _now() - began >= budget and _wants_round(rounds, settings):
+        if _now() - began >= budget and _wants_round(rounds, settings, per_round):
             stop_reason = "time_bound"
             break
     return per_round, rounds, stop_reason
@@ -321,15 +324,42 @@ def observed_round(
     return RoundRecord(index, order, seen, (probe_before, machine_speed.probe_ms())), result
 
 
-def _wants_round(rounds: list[RoundRecord], settings: BenchmarkSettings) -> bool:
-    """Another round: the planned ones are not all done, or too few are clean and extra rounds
-    are left."""
+def _wants_round(
+    rounds: list[RoundRecord],
+    settings: BenchmarkSettings,
+    per_round: Mapping[tuple[str, int], list[list[int]]],
+) -> bool:
+    """Another round: the planned ones are not all done, or too few are clean, extra rounds
+    are left and some runner's round medians (`per_round`) still disagree.
+
+    Extra rounds are there to reach figures that settle. When every runner's round medians
+    already agree within `stability_tolerance` (IQR against the median), more rounds of the
+    same machine add nothing: on a VM whose 15 ms probe scattered 1.5-2x from one round to the
+    next while every runner's round medians agreed within 1-2%, the probe judged 12 of 13 rounds
+    slow and the six extra rounds doubled the benchmark.
+    """
     if len(rounds) < settings.rounds:
         return True
     clean = sum(1 for r in rounds if not r.spoiled_by)
-    return clean < settings.min_clean_rounds and len(rounds) < (
-        settings.rounds + settings.max_extra_rounds
-    )
+    if clean >= settings.min_clean_rounds:
+        return False
+    if len(rounds) >= settings.rounds + settings.max_extra_rounds:
+        return False
+    return not _medians_agree(per_round, settings)
+
+
+def _medians_agree(
+    per_round: Mapping[tuple[str, int], list[list[int]]], settings: BenchmarkSettings
+) -> bool:
+    """Whether every runner's round medians lie within `stability_tolerance` (IQR / median)."""
+    for calls_per_round in per_round.values():
+        medians = [_median_ms(calls) for calls in calls_per_round if calls]
+        if not medians:
+            return False
+        q25, q50, q75 = np.percentile(medians, [25, 50, 75])
+        if q75 - q25 > settings.stability_tolerance * q50:
+            return False
+    return True
 
 
 def _round_calls(

@@ -251,10 +251,10 @@ def test_interleaved_leaves_out_rounds_in_the_machines_slow_state(
 def test_interleaved_runs_extra_rounds_until_enough_are_clean(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
 ) -> None:
-    """Fast before the first round, then slow for the 5 planned rounds and fast after: the
-    rounds run on until 3 are clean."""
+    """Fast before the first round, then slow for the 5 planned rounds (by 20-60%, unevenly)
+    and fast after: the rounds run on until 3 are clean."""
     machine.probes = [0.5] + [0.7] * 5 + [0.5] * 5
-    runners = _drift_runners(monkeypatch, clock, [1.4] * 6 + [1.0] * 5, [])
+    runners = _drift_runners(monkeypatch, clock, [1.4, 1.4, 1.2, 1.5, 1.3, 1.6] + [1.0] * 5, [])
     result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
     assert len(result.rounds) == 9
     assert result.kept == [6, 7, 8]
@@ -268,11 +268,26 @@ def test_interleaved_extra_rounds_are_bounded(
 ) -> None:
     machine.probes = [0.5] + [0.7] * 20
     settings = BenchmarkSettings(**{**ROUNDS.__dict__, "max_extra_rounds": 2})
-    runners = _drift_runners(monkeypatch, clock, [1.0] + [1.4] * 20, [])
+    runners = _drift_runners(monkeypatch, clock, [1.0] + [1.4, 1.2, 1.6, 1.3] * 5, [])
     result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, settings)
     assert len(result.rounds) == 7  # 5 planned + 2 extra; none of them clean
     assert result.kept == list(range(7))  # too few clean ones: every round, flagged unstable
     assert not result.reports["a"][1].stable
+
+
+def test_interleaved_runs_no_extra_rounds_when_the_round_medians_agree(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, machine: FakeMachine
+) -> None:
+    """A probe that scatters from round to round (it judges every planned round slow) while
+    every runner's round medians agree: extra rounds would add nothing, none run."""
+    machine.probes = [0.5, 0.9, 0.7, 1.0, 0.8, 0.9] + [0.5] * 6
+    runners = _drift_runners(monkeypatch, clock, [1.0, 1.0, 1.01, 1.0, 0.99, 1.0], [])
+    result = benchmark_rounds.benchmark_interleaved(runners, {1: _feeds(1)}, ROUNDS)
+    assert len(result.rounds) == 5
+    assert all(r.spoiled_by.startswith("machine slow") for r in result.rounds)
+    assert result.kept == list(range(5))  # too few clean: every round, flagged unstable
+    assert result.reports["b"][1].p50_ms == pytest.approx(2.0)
+    assert not result.reports["b"][1].stable
 
 
 def test_interleaved_keeps_every_round_when_too_few_are_clean(
