@@ -220,6 +220,7 @@ print("RESULT " + json.dumps({{"state": str(run.state), "tasks": states}}))
 """
 
 
+@pytest.mark.slow
 def test_a_variant_that_throws_is_red_while_the_run_succeeds(
     local_stack, tiny_bundle, model_name, tmp_path
 ):

@@ -245,6 +245,7 @@ def _throwing(runner, stage: str):
     return run
 
 
+@pytest.mark.slow
 def test_a_detector_taking_jpeg_bytes_is_judged_by_map(
     local_stack, model_name, work_dir, capsys, tmp_path
 ):

@@ -142,6 +142,7 @@ def test_perfect_and_empty_detections_score_one_and_zero(eval_shard):
     assert perfect["detection_boxes"].shape[1] == k
 
 
+@pytest.mark.slow
 def test_demo_data_publishes_the_detection_demo_to_s3(local_stack, capsys, tmp_path):
     from tasks import storage
     from tasks.cli import main
