@@ -18,7 +18,7 @@ if python infra/local/stack.py status --json \
 fi
 log_dir="${TFOPT_STACK_DIR}/logs"
 
-echo "==> retrain_model: training the demo model on freshly drawn shapes (about 2 minutes)"
+echo "==> retrain_model: training the demo model on freshly drawn shapes (about 2 minutes on an AVX-512 CPU, 4-7 on an AVX2-only one)"
 airflow dags test retrain_model -c "{\"seed\": 0, \"output_uri\": \"${demo_root}\"}" \
   > "${log_dir}/demo-retrain.log" 2>&1 \
   || { tail -n 40 "${log_dir}/demo-retrain.log"; echo "retrain_model failed; log: ${log_dir}/demo-retrain.log"; exit 1; }
