@@ -353,11 +353,8 @@ def _medians_agree(
 ) -> bool:
     """Whether every runner's round medians lie within `stability_tolerance` (IQR / median)."""
     for calls_per_round in per_round.values():
-        medians = [_median_ms(calls) for calls in calls_per_round if calls]
-        if not medians:
-            return False
-        q25, q50, q75 = np.percentile(medians, [25, 50, 75])
-        if q75 - q25 > settings.stability_tolerance * q50:
+        p50, iqr = _median_and_iqr([_median_ms(calls) for calls in calls_per_round])
+        if iqr > settings.stability_tolerance * p50:
             return False
     return True
 
@@ -394,6 +391,12 @@ def _round_calls(
 
 def _median_ms(calls_ns: Sequence[int]) -> float:
     return float(np.median(calls_ns)) / NS_PER_MS
+
+
+def _median_and_iqr(values: Sequence[float]) -> tuple[float, float]:
+    """The median of `values` and their interquartile range."""
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return float(q50), float(q75 - q25)
 
 
 def full_speed_rounds(medians: Sequence[float], settings: BenchmarkSettings) -> list[int]:
@@ -434,10 +437,8 @@ def _summarise_rounds(
     """
     all_medians = [_median_ms(calls) for calls in rounds_ns]
     fast = full_speed_rounds(all_medians, settings)
-    medians = np.asarray([all_medians[i] for i in fast], dtype=np.float64)
     ms = np.concatenate([np.asarray(rounds_ns[i], dtype=np.float64) for i in fast]) / NS_PER_MS
-    p50 = float(np.median(medians))
-    q25, q75 = (float(v) for v in np.percentile(medians, [25, 75]))
+    p50, iqr = _median_and_iqr([all_medians[i] for i in fast])
     clean = kept_clean and len(fast) >= settings.min_clean_rounds
     return latency_report(
         ms,
@@ -445,7 +446,7 @@ def _summarise_rounds(
         float(ms.sum()) / 1e3,  # the calls' own time: rounds interleave other runners
         batch_size=batch_size,
         windows=len(all_medians),
-        stable=clean and (q75 - q25) <= settings.stability_tolerance * p50,
+        stable=clean and iqr <= settings.stability_tolerance * p50,
         stop_reason=stop_reason,
         warmup_iterations=warmup_calls,
         distinct_feeds=distinct_feeds,
@@ -454,7 +455,7 @@ def _summarise_rounds(
         rounds_kept=len(fast),
         rounds_spoiled=spoiled,
         rounds_slow=len(rounds_ns) - len(fast),
-        round_p50_iqr_ms=round(q75 - q25, 6),
+        round_p50_iqr_ms=round(iqr, 6),
         round_p50_range_ms=[round(min(all_medians), 6), round(max(all_medians), 6)],
         machine_probe_ms=round(probe_ms, 4),
     )
