@@ -60,7 +60,9 @@ class BenchmarkSettings:
     a runner's figures come from those whose median lies within `max_round_slowdown` of its
     fastest round: a VM runs in stretches at full speed, where a runner's round medians agree
     within 1-2%, and in slow stretches, 5-60% slower, that the probe and the contention counters
-    see only in part; the others count as slow (`rounds_slow`).
+    see only in part; the others count as slow (`rounds_slow`). The p50 itself comes from
+    stretches of `stretch_calls` consecutive calls over every kept round: the
+    `stretch_quantile` of the stretches' medians (`full_speed_p50`).
     """
 
     warmup_iterations: int = 50
@@ -87,6 +89,8 @@ class BenchmarkSettings:
     max_probe_slowdown: float = 0.15
     max_extra_rounds: int = 6
     max_round_slowdown: float = 0.05
+    stretch_calls: int = 25
+    stretch_quantile: float = 0.10
 
     def __post_init__(self) -> None:
         if self.window_iterations < 1 or self.stability_windows < 1:
@@ -107,6 +111,8 @@ class BenchmarkSettings:
             raise ValueError("need max_probe_slowdown > 0 and max_extra_rounds >= 0")
         if self.max_round_slowdown <= 0:
             raise ValueError("need max_round_slowdown > 0")
+        if self.stretch_calls < 1 or not 0 <= self.stretch_quantile <= 1:
+            raise ValueError("need stretch_calls >= 1 and 0 <= stretch_quantile <= 1")
         if any(size < 1 for size in self.batch_sizes):
             raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
 

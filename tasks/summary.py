@@ -52,8 +52,9 @@ class VariantSummary:
 
     Metric figures are in the metric's own units (`metric_name`); `metric_delta` is variant minus
     baseline. Latencies are milliseconds at batch 1, `throughput` samples/s at the best batch
-    size. They come from one interleaved benchmark per lane: a p50 is the median of the
-    per-round medians at full speed, `round_p50_iqr_ms` their spread at batch 1, `rounds_spoiled`
+    size. They come from one interleaved benchmark per lane: a p50 is the speed of the
+    variant's full-speed stretches of calls (`tasks.benchmark_rounds.full_speed_p50`),
+    `round_p50_iqr_ms` the spread of its full-speed round medians at batch 1, `rounds_spoiled`
     the rounds the machine's contention or slow state spoiled, `rounds_slow` the kept rounds this
     variant ran more than `BenchmarkSettings.max_round_slowdown` over its fastest (left out of its
     figures), and `machine_probe_ms` the machine-speed probe over the kept rounds

@@ -286,7 +286,7 @@ def test_interleaved_runs_no_extra_rounds_when_the_round_medians_agree(
     assert len(result.rounds) == 5
     assert all(r.spoiled_by.startswith("machine slow") for r in result.rounds)
     assert result.kept == list(range(5))  # too few clean: every round, flagged unstable
-    assert result.reports["b"][1].p50_ms == pytest.approx(2.0)
+    assert result.reports["b"][1].p50_ms == pytest.approx(2.0, rel=0.01)  # 1.98-2.02 a round
     assert not result.reports["b"][1].stable
 
 
@@ -361,6 +361,8 @@ def test_interleaved_rejects_no_runners_and_missing_feeds() -> None:
         {"min_round_iterations": 0},
         {"max_probe_slowdown": 0},
         {"max_extra_rounds": -1},
+        {"stretch_calls": 0},
+        {"stretch_quantile": 1.5},
     ],
 )
 def test_round_settings_are_validated(kwargs: dict) -> None:
@@ -488,3 +490,21 @@ def test_round_order_balances_who_follows_whom(count: int) -> None:
     assert len(follows) == count * (count - 1)
     assert len(set(follows.values())) == 1
     assert benchmark_rounds.round_order(names, cycle) == orders[0]
+
+
+def test_full_speed_p50_is_the_low_quantile_of_stretch_medians() -> None:
+    """A round that ran fast in its first 50 calls and 1.5x slow in the next 50, and one that
+    ran slow throughout: the p50 is the fast stretches' speed, not the rounds' medians."""
+    settings = BenchmarkSettings(stretch_calls=25, stretch_quantile=0.1)
+    mixed = [100_000] * 50 + [150_000] * 50
+    slow = [150_000] * 100
+    assert benchmark_rounds.full_speed_p50([mixed, slow], settings) == pytest.approx(0.1)
+    alone = BenchmarkSettings(stretch_calls=25, stretch_quantile=0.5)
+    assert benchmark_rounds.full_speed_p50([mixed, slow], alone) == pytest.approx(0.15)
+
+
+def test_full_speed_p50_cuts_short_rounds_into_one_stretch_each() -> None:
+    """Five calls per round (a ResNet50-sized model): each round is one stretch."""
+    settings = BenchmarkSettings(stretch_calls=25, stretch_quantile=0.1)
+    rounds = [[60_000_000 + k * 1_000_000] * 5 for k in (3, 0, 1, 2, 4)]
+    assert benchmark_rounds.full_speed_p50(rounds, settings) == pytest.approx(60.4)
